@@ -1,0 +1,1 @@
+"""mtlguard.engine: the high-throughput bulk-protection engine behind ``mtlguard-engine``."""

@@ -1,0 +1,54 @@
+"""``mtlguard`` command line: the Python API's front door.
+
+Subcommands register themselves in :data:`SUBCOMMANDS` (name -> module with ``add_parser(sub)``);
+each module's ``add_parser`` adds an ``argparse`` subparser whose ``func`` runs the command.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .._version import __version__
+
+#: subcommand name -> module (relative to mtlguard.cli) defining ``add_parser(subparsers)``.
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtlguard",
+        description="mtlguard: unlearnable examples and adversarial attacks for multi-task learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtlguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        importlib.import_module(f"mtlguard.cli.{module}").add_parser(sub)
+    info = sub.add_parser("info", help="print versions and the fused-op backend")
+    info.set_defaults(func=_info)
+    return parser
+
+
+def _info(args) -> int:
+    import json
+
+    import torch
+
+    from .. import ops
+
+    print(json.dumps({"mtlguard": __version__, "torch": torch.__version__,
+                      "cuda_available": torch.cuda.is_available(), **ops.backend_info()}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

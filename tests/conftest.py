@@ -1,0 +1,34 @@
+"""Shared pytest fixtures: the real UTKFace data, deterministic seeding, and visible GPU skips."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def utkface_dir() -> Path | None:
+    """The real UTKFace images folder: $MTLGUARD_UTKFACE, else ../shared/data/utkface beside the repo."""
+    env = os.environ.get("MTLGUARD_UTKFACE")
+    root = Path(env) if env else REPO.parent / "shared" / "data" / "utkface"
+    return root if (root / "images").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def utkface_root() -> Path:
+    root = utkface_dir()
+    if root is None:
+        pytest.skip("real UTKFace data not found (set MTLGUARD_UTKFACE or place it at ../shared/data/utkface)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA GPU not available on this machine")
