@@ -43,10 +43,30 @@ def _write_version() -> None:
     os.replace(tmp, path)
 
 
+def _cuda_home_hint() -> None:
+    """Point torch.utils.cpp_extension at the real CUDA toolkit.
+
+    ``nvcc`` on PATH may be a wrapper script (``/usr/local/bin/nvcc`` here), from which torch would guess
+    ``CUDA_HOME=/usr/local`` (no CUDA headers there).  Prefer ``/usr/local/cuda`` when it has nvcc."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    for cand in ("/usr/local/cuda",):
+        if os.path.exists(os.path.join(cand, "bin", "nvcc")) and os.path.isdir(os.path.join(cand, "include")):
+            os.environ["CUDA_HOME"] = cand
+            return
+
+
 def _extensions():
-    """The ``mtlguard._C`` extension, or ``[]`` when disabled / torch is unavailable."""
+    """The ``mtlguard._C`` extension, or ``[]`` when disabled / torch is unavailable.
+
+    Sources: ``csrc/*.cpp`` (schemas + Python module), ``csrc/cpu/*.cpp`` (CPU kernels, one unity unit) and,
+    when nvcc and a CUDA build of torch are present, ``csrc/cuda/*.cu`` (CUDA kernels, one unity unit, for
+    ``TORCH_CUDA_ARCH_LIST``, default 9.0).  ``csrc/test/`` (the ctest executable) is not part of the Python extension.
+    """
     if os.environ.get("MTLGUARD_NO_EXTENSION", "0") == "1":
         return [], {}
+    _cuda_home_hint()
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # never probe a card
     try:
         import torch
         from torch.utils import cpp_extension
@@ -56,8 +76,9 @@ def _extensions():
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    nvcc = cpp_extension.CUDA_HOME is not None and (
-        shutil.which("nvcc") is not None or os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    cuda_home = cpp_extension.CUDA_HOME
+    nvcc = cuda_home is not None and (
+        os.path.exists(os.path.join(cuda_home, "bin", "nvcc")) or shutil.which("nvcc") is not None
     )
     with_cuda = (
         torch.version.cuda is not None
@@ -65,20 +86,20 @@ def _extensions():
         and bool(cuda_sources)
         and os.environ.get("MTLGUARD_NO_CUDA", "0") != "1"
     )
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # never probe a card
 
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-g0", "-fopenmp"]  # -g0: no debug info (faster build); C++ standard comes from cpp_extension
     define_macros = []
     if with_cuda:
         ext_cls = cpp_extension.CUDAExtension
         sources = sources + cuda_sources
         define_macros.append(("MTLGUARD_WITH_CUDA", None))
-        extra = {"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17", "-DMTLGUARD_WITH_CUDA"]}
+        # No --use_fast_math: the kernels must round like the reference ops (exact division, no FTZ).
+        extra = {"cxx": cxx, "nvcc": ["-O3", "-DMTLGUARD_WITH_CUDA", "--expt-relaxed-constexpr"]}
     else:
         ext_cls = cpp_extension.CppExtension
         extra = {"cxx": cxx}
     print(f"mtlguard: building mtlguard._C ({'CPU+CUDA' if with_cuda else 'CPU'} kernels, "
-          f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']})", file=sys.stderr)
+          f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, CUDA_HOME={cuda_home})", file=sys.stderr)
     ext = ext_cls(
         name="mtlguard._C",
         sources=sources,
@@ -128,6 +149,7 @@ setup(
         "torchvision",
         "numpy",
         "pillow",
+        "simplejpeg",
         "tqdm",
         "onnx",
         "onnxscript",
@@ -135,6 +157,7 @@ setup(
         "safetensors",
         "matplotlib",
         "torchjd",
+        "scipy",  # torchjd's FairGrad solver (mtlguard.weighting.fairgrad)
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "hypothesis", "scikit-learn", "pybind11", "ninja", "expecttest"],

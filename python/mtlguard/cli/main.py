@@ -12,7 +12,14 @@ import sys
 from .._version import __version__
 
 #: subcommand name -> module (relative to mtlguard.cli) defining ``add_parser(subparsers)``.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "attack-eval": "attack_eval",
+    "export": "export",
+    "fit": "fit",
+    "poison": "poison",
+    "evaluate-protection": "evaluate_protection",
+    "train": "train",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,12 @@ Public API (semantics in :mod:`mtlguard.ops.reference`):
 * :func:`pgd_step` / :func:`pgd_step_` -- one signed PGD step with both projections.
 * :func:`balanced_sign` -- GB-MTA (Eq. 9) and baseline aggregations of T task gradients to an int8 sign.
 * :func:`embed_concat` -- MTL-UE's ``concat(z, e^1_{y1}, ..., e^K_{yK})`` with partial protection.
-* :func:`backend` -- ``"extension"`` when the compiled kernels are in use, else ``"reference"``.
+* :func:`backend` -- ``"extension"`` when the compiled kernels are in use, else ``"reference"``;
+  :func:`backend_info` adds whether CUDA kernels were compiled and why the extension is not used.
+
+The compiled ops are also reachable as ``torch.ops.mtlguard.*`` (schemas in ``csrc/ops.cpp``); their fake
+kernels (torch.compile / torch.export) and autograd formulas are in :mod:`mtlguard.ops._meta`.
+Set ``MTLGUARD_DISABLE_EXTENSION=1`` to ignore a built extension.
 
 When the extension cannot be loaded, importing mtlguard still works: one warning says why and every
 op runs its reference implementation.  :func:`use_reference` forces the reference path (e.g. for
@@ -58,6 +63,9 @@ from ._dispatch import balanced_sign, embed_concat, pgd_step, pgd_step_, project
 __all__ = [
     "backend",
     "backend_info",
+    "extension_loaded",
+    "extension_error",
+    "cuda_kernels_compiled",
     "use_reference",
     "reference",
     "project_linf",

@@ -1,1 +1,6 @@
-"""mtlguard.training."""
+"""Training of MTL / STL victims: :class:`Trainer`, :func:`train`, :func:`load_model`, augmentation."""
+from ..models.factory import load_model, save_model
+from .augment import random_crop_flip
+from .trainer import Trainer, seed_everything, train
+
+__all__ = ["Trainer", "train", "load_model", "save_model", "random_crop_flip", "seed_everything"]

@@ -1,0 +1,32 @@
+// Helpers shared by the CPU kernels: parallel walk over (sample, contiguous segment) pieces.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace mtlguard {
+namespace cpu {
+
+// Elements per parallel task: large enough to amortise the OpenMP fork, small enough to balance 2+ threads.
+constexpr int64_t kGrain = 32768;
+
+// Calls f(b, begin, end) over [0, numel) split into pieces that never cross a sample boundary
+// (sample b covers [b * inner, (b + 1) * inner)), in parallel (at::parallel_for, OpenMP).
+template <typename F>
+inline void for_each_sample_segment(int64_t numel, int64_t inner, const F& f) {
+  if (numel == 0 || inner == 0) return;
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    while (i < end) {
+      const int64_t b = i / inner;
+      const int64_t seg_end = std::min(end, (b + 1) * inner);
+      f(b, i, seg_end);
+      i = seg_end;
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace mtlguard

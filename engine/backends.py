@@ -1,0 +1,178 @@
+"""Inference backends: ``run(images float32 [N, C, h, w], labels int64 [N, K]) -> delta float32 [N, C, h, w]``.
+
+* ``onnxruntime`` (default): an exported ``.onnx`` file (float32 or uint8-I/O variant); CPU, or the
+  CUDA / TensorRT execution providers when onnxruntime-gpu provides them (``device="cuda"``).
+* ``torch``: a generator checkpoint (``MTLUEGenerator.save`` -> ``.safetensors`` + ``.json``, fused
+  ops), a TorchScript file (``.ts``/``.torchscript``) or an AOTInductor package (``.pt2``); bf16
+  autocast on CUDA.
+* ``tensorrt``: a serialized engine from :func:`mtlguard.export.build_tensorrt_engine` (CUDA only).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mtlguard.export.metadata import GeneratorFacts, generator_facts, read_onnx_facts
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+class Backend:
+    name = "?"
+    facts: GeneratorFacts
+    device = "cpu"
+
+    def run(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device}
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.facts = read_onnx_facts(path)
+        available = ort.get_available_providers()
+        if device == "cuda":
+            providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+            if not providers:
+                raise RuntimeError("--device cuda with the onnxruntime backend needs onnxruntime-gpu (CUDA execution "
+                                   f"provider); this onnxruntime has only {available}")
+            providers.append("CPUExecutionProvider")
+        else:
+            providers = ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        self.providers = self.session.get_providers()
+        self.device = device
+
+    def run(self, images, labels):
+        if self.facts.io == "uint8_nhwc":
+            u8 = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+            _, delta = self.session.run(None, {"image": np.ascontiguousarray(u8), "labels": labels})
+            return np.ascontiguousarray(delta.transpose(0, 3, 1, 2), dtype=np.float32)
+        _, delta = self.session.run(None, {"image": images, "labels": labels})
+        return delta.astype(np.float32, copy=False)
+
+    def describe(self):
+        return {"backend": self.name, "device": self.device, "providers": self.providers}
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, path, device: str = "cpu", threads: int | None = None, amp: bool = True):
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA GPU is available to torch on this machine")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.device = device
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix in (".ts", ".torchscript", ".jit"):
+            from mtlguard.export.torchscript import load_torchscript
+
+            self.module, self.facts = load_torchscript(path, device)
+        elif suffix == ".pt2":
+            from mtlguard.export.pt2 import load_pt2
+
+            self.module, self.facts = load_pt2(path, device)
+        else:
+            from mtlguard.export._load import load_generator
+
+            self.module = load_generator(path, device)
+            self.facts = generator_facts(self.module)
+        self.amp = amp and device == "cuda"
+
+    def run(self, images, labels):
+        torch = self.torch
+        x = torch.from_numpy(images).to(self.device, non_blocking=True)
+        y = torch.from_numpy(labels).to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            _, delta = self.module(x, y)
+        return delta.float().cpu().numpy()
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, path, device: str = "cuda", threads: int | None = None):
+        import torch
+
+        from mtlguard.export.tensorrt import import_tensorrt
+
+        trt = import_tensorrt()
+        if not torch.cuda.is_available():
+            raise RuntimeError("the tensorrt backend needs a CUDA GPU; none is available on this machine")
+        path = Path(path)
+        side = path.with_name(path.name + ".json")
+        if not side.is_file():
+            raise FileNotFoundError(f"{side}: the engine's metadata file (written by build_tensorrt_engine) is missing")
+        self.facts = GeneratorFacts.from_json(side.read_text(), source=str(path))
+        self.torch, self.device = torch, "cuda"
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"{path}: TensorRT could not deserialize the engine (built for another TensorRT/GPU?)")
+        self.context = self.engine.create_execution_context()
+
+    def run(self, images, labels):
+        torch = self.torch
+        if self.facts.io == "uint8_nhwc":
+            x = torch.from_numpy(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()).cuda()
+        else:
+            x = torch.from_numpy(images).cuda()
+        y = torch.from_numpy(labels).cuda()
+        n = x.shape[0]
+        self.context.set_input_shape("image", tuple(x.shape))
+        self.context.set_input_shape("labels", tuple(y.shape))
+        prot = torch.empty(tuple(self.context.get_tensor_shape("protected")), device="cuda",
+                           dtype=torch.uint8 if self.facts.io == "uint8_nhwc" else torch.float32)
+        delta = torch.empty(tuple(self.context.get_tensor_shape("delta")), device="cuda", dtype=torch.float32)
+        for name, t in (("image", x), ("labels", y), ("protected", prot), ("delta", delta)):
+            self.context.set_tensor_address(name, t.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        d = delta.cpu().numpy()
+        return d.transpose(0, 3, 1, 2).copy() if self.facts.io == "uint8_nhwc" else d[:n]
+
+
+def default_backend_for(model) -> str:
+    suffix = Path(model).suffix.lower()
+    if suffix in (".engine", ".plan", ".trt"):
+        return "tensorrt"
+    if suffix == ".onnx":
+        return "onnxruntime"
+    return "torch"
+
+
+def load_backend(model, backend: str | None = None, device: str = "cpu", threads: int | None = None) -> Backend:
+    """The backend for ``model`` (``backend=None``: chosen from the file suffix)."""
+    model = Path(model)
+    if not model.exists():
+        raise FileNotFoundError(f"model not found: {model}")
+    backend = backend or default_backend_for(model)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if backend == "onnxruntime":
+        if model.suffix.lower() != ".onnx":
+            raise ValueError(f"{model}: the onnxruntime backend needs an .onnx file (export one with `mtlguard export`)")
+        return OnnxRuntimeBackend(model, device, threads)
+    if backend == "torch":
+        return TorchBackend(model, device, threads)
+    if backend == "tensorrt":
+        return TensorRTBackend(model, device, threads)
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")

@@ -1,0 +1,402 @@
+"""The local protection pipeline behind :func:`mtlguard.engine.protect_directory`.
+
+discovery -> parallel decode (thread pool) -> batches at the generator's resolution -> inference
+-> delta upsampled to each image's native size, re-clipped to eps, added and quantized to uint8
+(:mod:`mtlguard.engine.perturb`) -> parallel encode -> atomic write + journal line.  Decode runs
+ahead of inference and encode behind it (bounded windows), so the three stages overlap; onnxruntime,
+torch, Pillow and simplejpeg release the GIL in their heavy parts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtlguard._version import __version__
+
+from .imageio import DEFAULT_MAX_PIXELS, DecodeError, atomic_write, decode_bytes, decode_file, encode, psnr
+from .journal import STATE_DIR, Journal, remove_stale_temps
+from .perturb import apply_delta, bound_uint8, model_input
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+FORMATS = ("png", "jpeg", "same")
+
+
+@dataclass
+class Item:
+    src: Path
+    rel: str
+    out_rel: str
+    fmt: str
+    labels: np.ndarray | None = None
+
+
+def default_model() -> Path:
+    """The bundled default generator (ONNX) shipped in ``mtlguard/assets``."""
+    from importlib import resources
+
+    return Path(str(resources.files("mtlguard") / "assets" / "default_generator.onnx"))
+
+
+def check_roots(input_root, output_root) -> tuple[Path, Path]:
+    """Resolve the roots; refuse an output inside the input tree (or containing it)."""
+    inp, out = Path(input_root).resolve(), Path(output_root).resolve()
+    if not inp.is_dir():
+        raise NotADirectoryError(f"input directory not found: {input_root}")
+    if out == inp or inp in out.parents:
+        raise ValueError(f"output directory {str(output_root)!r} is inside the input tree {str(input_root)!r}: "
+                         "mtlguard-engine never writes inside its input")
+    if out in inp.parents:
+        raise ValueError(f"output directory {str(output_root)!r} contains the input tree {str(input_root)!r}: "
+                         "mirrored outputs could land inside the input; choose a separate directory")
+    return inp, out
+
+
+def _out_rel(rel: str, fmt: str) -> tuple[str, str]:
+    p = Path(rel)
+    src_jpeg = p.suffix.lower() in (".jpg", ".jpeg")
+    if fmt == "same":
+        fmt = "jpeg" if src_jpeg else "png"
+    if fmt == "jpeg":
+        return (rel if src_jpeg else p.with_suffix(".jpg").as_posix()), "jpeg"
+    return p.with_suffix(".png").as_posix(), "png"
+
+
+def discover(input_root: Path, fmt: str) -> tuple[list[Item], list[dict], int]:
+    """``(items, failures, ignored)``: image files under ``input_root`` (sorted, symlinks not followed
+    out of the root), output names mirrored under the output root; name collisions are failures."""
+    items, failures, ignored = [], [], 0
+    taken: dict[str, str] = {}
+    for dirpath, dirnames, files in os.walk(input_root):
+        dirnames[:] = sorted(d for d in dirnames if d != STATE_DIR)
+        for name in sorted(files):
+            src = Path(dirpath) / name
+            rel = src.relative_to(input_root).as_posix()
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                ignored += 1
+                continue
+            if src.is_symlink():
+                target = src.resolve()
+                if input_root not in target.parents:
+                    failures.append({"file": rel, "reason": f"symlink escapes the input root (-> {target})"})
+                    continue
+            out_rel, ofmt = _out_rel(rel, fmt)
+            if out_rel in taken:
+                failures.append({"file": rel, "reason": f"output name {out_rel!r} collides with {taken[out_rel]!r}"})
+                continue
+            taken[out_rel] = rel
+            items.append(Item(src, rel, out_rel, ofmt))
+    return items, failures, ignored
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Stats:
+    def __init__(self):
+        self.decode_s = self.infer_s = self.encode_s = 0.0
+        self.max_abs = 0
+        self.jpeg_linf = 0
+        self.psnrs: list[float] = []
+
+
+def _decode_job(item: Item, channels: int, size, max_pixels: int, decoder: str):
+    t = time.perf_counter()
+    try:
+        dec = decode_file(item.src, channels, max_pixels, decoder)
+        x = model_input(dec.rgb, size) if size is not None else None
+        return item, dec, x, None, time.perf_counter() - t
+    except DecodeError as e:
+        return item, None, None, str(e), time.perf_counter() - t
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
+        return item, None, None, f"{type(e).__name__}: {e}", time.perf_counter() - t
+
+
+def process_one(item: Item, dec, delta, eps: float, out_root: Path, in_root: Path, quality: int, png_level: int):
+    """Apply (or pass through), encode and atomically write one image; returns a result dict."""
+    t = time.perf_counter()
+    if delta is not None:
+        out, max_abs = apply_delta(dec.rgb, delta, eps)
+    else:
+        out, max_abs = dec.rgb, 0
+    alpha = dec.alpha if item.fmt == "png" else None
+    data = encode(out, item.fmt, alpha, quality=quality, png_level=png_level)
+    res = {"file": item.rel, "out": item.out_rel, "max_abs": max_abs, "notes": list(dec.notes)}
+    if dec.alpha is not None and item.fmt != "png":
+        res["notes"].append("alpha channel dropped (JPEG output)")
+    if item.fmt == "jpeg":
+        back = decode_bytes(data, out.shape[2]).rgb
+        res["jpeg_linf"] = int(np.abs(back.astype(np.int16) - out.astype(np.int16)).max())
+        res["jpeg_psnr"] = psnr(back, out)
+        res["max_abs_written"] = int(np.abs(back.astype(np.int16) - dec.rgb.astype(np.int16)).max())
+    target = out_root / item.out_rel
+    if in_root == target.resolve() or in_root in target.resolve().parents:  # defence in depth
+        raise RuntimeError(f"refusing to write {target} inside the input tree")
+    atomic_write(target, data)
+    res["encode_s"] = time.perf_counter() - t
+    return res
+
+
+def protect_directory(
+    input_dir,
+    output_dir,
+    model=None,
+    labels=None,
+    dataset: str | None = None,
+    no_labels: bool = False,
+    backend: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    workers: int | None = None,
+    format: str = "png",
+    quality: int = 95,
+    png_level: int = 1,
+    executor: str = "local",
+    passthrough: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    threads: int | None = None,
+    decoder: str = "auto",
+    progress: bool = True,
+    ray_address: str | None = None,
+) -> dict:
+    """Protect every image under ``input_dir`` into a mirrored tree under ``output_dir``; returns the
+    report dict (also written to ``<output_dir>/.mtlguard-engine/report.json``).
+
+    Args:
+        model: exported ``.onnx`` (onnxruntime), generator checkpoint / ``.ts`` / ``.pt2`` (torch),
+            TensorRT engine (tensorrt); ``None`` -> the bundled default generator.
+        labels / dataset / no_labels: the label source (see :mod:`mtlguard.engine.labels`).
+        backend: ``onnxruntime`` | ``torch`` | ``tensorrt`` (``None``: from the model's suffix).
+        format: ``png`` (default, lossless), ``jpeg`` (warns; the report carries the measured
+            post-encoding L-inf and PSNR vs the intended protected image) or ``same``.
+        executor: ``local`` (threads) or ``ray`` (a Ray Data job, see :mod:`mtlguard.engine.ray_executor`).
+        passthrough: decode + encode only (no model): the benchmark floor.
+    Failures of single files never stop the run; they are listed in ``report["failures"]``.
+    """
+    t_start = time.perf_counter()
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    in_root, out_root = check_roots(input_dir, output_dir)
+    if format == "jpeg":
+        warnings.warn("mtlguard-engine: JPEG output re-encodes the perturbation lossily; the report gives the measured "
+                      "L-inf and PSNR vs the intended protected image (use --format png to keep it exact)",
+                      UserWarning, stacklevel=2)
+
+    from .backends import load_backend
+    from .labels import NoLabels, make_label_source
+
+    be = None
+    if passthrough:
+        model_path, facts, eps, size, channels = None, None, 0.0, None, 3
+        label_src = None
+    else:
+        model_path = Path(model) if model is not None else default_model()
+        if not model_path.exists():
+            raise FileNotFoundError(f"model not found: {model_path}")
+        if executor == "local":
+            be = load_backend(model_path, backend, device, threads)
+            facts = be.facts
+        else:
+            from .backends import default_backend_for
+
+            backend = backend or default_backend_for(model_path)
+            facts = _facts_for(model_path, backend)
+        eps, size, channels = facts.eps, tuple(facts.image_size), facts.in_channels
+        if no_labels and (labels is not None or dataset is not None):
+            raise ValueError("--no-labels excludes --labels / --dataset")
+        label_src = NoLabels(facts.tasks) if no_labels else make_label_source(facts.tasks, in_root, labels, dataset)
+
+    items, failures, ignored = discover(in_root, format)
+    n_discovery_failures = len(failures)
+    out_root.mkdir(parents=True, exist_ok=True)
+    fingerprint = {
+        "mode": "passthrough" if passthrough else "protect",
+        "model_sha256": _file_sha256(model_path) if model_path is not None and model_path.is_file() else None,
+        "format": format, "quality": quality if format != "png" else None,
+        "labels": None if label_src is None else label_src.name,
+        "labels_sha256": _file_sha256(Path(labels)) if labels is not None else None,
+        "eps": eps,
+    }
+    partials = remove_stale_temps(out_root)
+    journal = Journal(out_root, fingerprint)
+    todo, skipped = [], 0
+    for it in items:
+        if journal.finished(it.out_rel):
+            skipped += 1
+            continue
+        if label_src is not None:
+            it.labels = label_src(it.rel)
+        todo.append(it)
+
+    stats = _Stats()
+    results: list[dict] = []
+    resolved = backend if not passthrough else None
+    describe = be.describe() if be is not None else {"backend": resolved, "device": device}
+    try:
+        if executor == "ray" and todo:
+            from .ray_executor import run_ray
+
+            ray_res, ray_fail, stage = run_ray(todo, in_root, out_root, model_path, resolved, device, batch_size,
+                                               workers, quality, png_level, max_pixels, decoder, passthrough,
+                                               ray_address, threads)
+            for r in ray_res:
+                journal.record({"file": r["file"], "out": r["out"], "max_abs": r["max_abs"]})
+            results.extend(ray_res)
+            failures.extend(ray_fail)
+            stats.decode_s, stats.infer_s, stats.encode_s = stage
+        elif todo:
+            _run_local(todo, be, eps, size, channels, batch_size, workers, quality, png_level, max_pixels,
+                       decoder, in_root, out_root, journal, stats, results, failures, progress)
+    finally:
+        journal.close()
+
+    for r in results:
+        stats.max_abs = max(stats.max_abs, r.get("max_abs_written", r["max_abs"]))
+        if "jpeg_linf" in r:
+            stats.jpeg_linf = max(stats.jpeg_linf, r["jpeg_linf"])
+            stats.psnrs.append(r["jpeg_psnr"])
+    wall = time.perf_counter() - t_start
+    report = {
+        "mtlguard_version": __version__,
+        "mode": "passthrough" if passthrough else "protect",
+        "input": str(in_root), "output": str(out_root),
+        "model": str(model_path) if model_path else None,
+        **describe,
+        "executor": executor,
+        "files_total": len(items) + n_discovery_failures,
+        "done": len(results), "skipped": skipped, "failed": len(failures), "ignored_non_images": ignored,
+        "wall_s": round(wall, 4),
+        "images_per_s": round(len(results) / wall, 3) if wall > 0 else None,
+        "stage_seconds": {"decode": round(stats.decode_s, 4), "inference": round(stats.infer_s, 4),
+                          "encode_write": round(stats.encode_s, 4)},
+        "batch_size": batch_size, "workers": workers, "format": format,
+        "eps": eps, "bound_uint8": bound_uint8(eps) if not passthrough else 0,
+        "max_abs_delta_written_uint8": stats.max_abs,
+        "max_abs_delta_written": stats.max_abs / 255.0,
+        "labels": None if label_src is None else {"source": label_src.name, "images_without_labels": label_src.missing},
+        "partials_removed": partials,
+        "failures": failures,
+        "notes": [{"file": r["file"], "note": n} for r in results for n in r["notes"]],
+    }
+    if format != "png":
+        report["jpeg"] = {"quality": quality, "max_linf_vs_intended_uint8": stats.jpeg_linf,
+                          "min_psnr_db": min(stats.psnrs) if stats.psnrs else None,
+                          "mean_psnr_db": float(np.mean(stats.psnrs)) if stats.psnrs else None}
+    rp = out_root / STATE_DIR / "report.json"
+    atomic_write(rp, json.dumps(report, indent=1, default=str).encode())
+    return report
+
+
+def _facts_for(model_path: Path, backend: str):
+    from mtlguard.export.metadata import GeneratorFacts, read_onnx_facts
+
+    if backend == "onnxruntime":
+        return read_onnx_facts(model_path)
+    if backend == "tensorrt":
+        return GeneratorFacts.from_json(model_path.with_name(model_path.name + ".json").read_text())
+    from .backends import TorchBackend
+
+    return TorchBackend(model_path, "cpu").facts
+
+
+def _run_local(todo, be, eps, size, channels, batch_size, workers, quality, png_level, max_pixels, decoder,
+               in_root, out_root, journal, stats, results, failures, progress):
+    from tqdm.auto import tqdm
+
+    window = max(2 * batch_size, 4 * workers)
+    bar = tqdm(total=len(todo), desc="protect" if be is not None else "passthrough", unit="img",
+               disable=not progress, dynamic_ncols=True)
+    dpool = ThreadPoolExecutor(workers, thread_name_prefix="mtlg-decode")
+    epool = ThreadPoolExecutor(workers, thread_name_prefix="mtlg-encode")
+    pending: deque = deque()
+    encoding: deque = deque()
+    it = iter(todo)
+    exhausted = False
+
+    def fill():
+        nonlocal exhausted
+        while not exhausted and len(pending) < window:
+            nxt = next(it, None)
+            if nxt is None:
+                exhausted = True
+                return
+            pending.append(dpool.submit(_decode_job, nxt, channels, size, max_pixels, decoder))
+
+    def finish(fut):
+        item = fut.item
+        try:
+            r = fut.result()
+        except Exception as e:  # noqa: BLE001
+            failures.append({"file": item.rel, "reason": f"encode/write failed: {type(e).__name__}: {e}"})
+        else:
+            stats.encode_s += r.pop("encode_s")
+            journal.record({"file": r["file"], "out": r["out"], "max_abs": r["max_abs"]})
+            results.append(r)
+        bar.update(1)
+
+    def drain(block_until: int):
+        while encoding and (encoding[0].done() or len(encoding) > block_until):
+            finish(encoding.popleft())
+
+    def flush(batch):
+        if be is not None:
+            t = time.perf_counter()
+            x = np.stack([b[2] for b in batch])
+            y = np.stack([b[0].labels for b in batch]).astype(np.int64)
+            try:
+                deltas = be.run(x, y)
+            except Exception as e:  # noqa: BLE001 - fail this batch's files, keep going
+                for item, _, _ in batch:
+                    failures.append({"file": item.rel, "reason": f"inference failed: {type(e).__name__}: {e}"})
+                    bar.update(1)
+                stats.infer_s += time.perf_counter() - t
+                return
+            stats.infer_s += time.perf_counter() - t
+        else:
+            deltas = [None] * len(batch)
+        for (item, dec, _), d in zip(batch, deltas):
+            f = epool.submit(process_one, item, dec, d, eps, out_root, in_root, quality, png_level)
+            f.item = item
+            encoding.append(f)
+        drain(window)
+
+    try:
+        fill()
+        batch = []
+        while pending:
+            item, dec, x, err, dt = pending.popleft().result()
+            stats.decode_s += dt
+            fill()
+            if err is not None:
+                failures.append({"file": item.rel, "reason": err})
+                bar.update(1)
+            else:
+                batch.append((item, dec, x))
+            if len(batch) >= batch_size or (not pending and batch):
+                flush(batch)
+                batch = []
+            drain(window)
+        drain(0)
+    finally:
+        dpool.shutdown(wait=True, cancel_futures=True)
+        epool.shutdown(wait=True)
+        bar.close()

@@ -1,0 +1,382 @@
+"""MTA: multi-task adversarial perturbation generator (Guo et al., "Multi-Task Adversarial Attack").
+
+Architecture (Sec. 3.1, Fig. 2): a ResNet generator (as in GAP) split into a **shared encoder** ``f``
+(7x7 conv, two stride-2 downsampling convs, ``n_blocks`` residual blocks) and one **decoder** ``g_t``
+per task (two stride-2 transposed convs, 7x7 conv).  The decoder output is scaled by the map
+``Pi_eps(v) = v * min(1, eps / ||v||_p)`` (footnote 1), so every perturbation has ``||v_t||_p <= eps``.
+
+* ``mode="instance"``: input = the image, ``v_t^i = Pi_eps(g_t(f(x^i)))``; ``f(x)`` is computed once and
+  decoded by all tasks (Sec. 3.2).
+* ``mode="universal"``: input = a fixed random pattern ``Z_t ~ U[0, 1)`` per task (a buffer), the same
+  ``v_t`` for every image (Sec. 3.1).
+
+Fooling losses (per sample, then averaged; ``H`` = the task loss of :func:`task_loss`):
+
+* non-targeted, Eq. 2-3: ``l_t = mean_i -log H(K_t(x_i + v_t^i), y_i)``, minimized;
+* targeted, Eq. 4-5:     ``l_t = mean_i  log H(K_t(x_i + v_t^i), T_t)``, minimized;
+* total ``L = sum_t alpha_t l_t`` with uniform ``alpha_t = 1 / M`` by default.
+
+The victims are ``M`` models: one multi-task model (``nn.Module`` returning ``{task: output}``) or a
+dict ``{task: model}`` of independent single-task models (each returning a dict with that task or a
+tensor).  Adversarial inputs are clamped to [0, 1] (this only shrinks ``|v|``).
+
+The forward pass uses standard ops only (convs, norms, reflection pads, abs/amax/clamp), so it exports
+to ONNX: ``instance`` mode maps an image ``[B, C, H, W]`` to a tuple of ``M`` perturbations.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.tasks import TaskSpec, validate_tasks
+from ..models.losses import task_loss
+from .base import eval_mode_frozen
+
+_LOG_FLOOR = 1e-12
+
+
+def _norm_layer(kind: str, ch: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    if kind == "instance":
+        return nn.InstanceNorm2d(ch, affine=True)
+    raise ValueError(f"unknown norm layer {kind!r}; expected 'batch' or 'instance'")
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, ch: int, norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), _norm_layer(norm, ch), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), _norm_layer(norm, ch),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def scale_to_ball(v: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+    """``Pi_eps``: ``v * min(1, eps / ||v||_p)`` per sample (MTA footnote 1)."""
+    flat = v.flatten(1)
+    n = flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+    scale = torch.clamp(eps / n.clamp_min(1e-12), max=1.0)
+    return v * scale.reshape((-1,) + (1,) * (v.dim() - 1))
+
+
+class MTAGenerator(nn.Module):
+    """Shared-encoder, per-task-decoder perturbation generator (MTA Fig. 2).
+
+    Args:
+        tasks: task names (or :class:`TaskSpec`) to generate one perturbation each for.
+        in_channels, image_size: image shape ``(C, H, W)``; ``H`` and ``W`` must be divisible by 4.
+        eps, norm: ``Pi_eps`` budget and norm (``"linf"`` or ``"l2"``).
+        mode: ``"instance"`` (input = image) or ``"universal"`` (input = fixed pattern ``Z_t``).
+        ngf: base width; n_blocks: residual blocks in the shared encoder (6 in MTA's Office-31 runs).
+        norm_layer: ``"batch"`` (GAP) or ``"instance"``.
+        seed: seed of the universal patterns ``Z_t``.
+    """
+
+    def __init__(self, tasks: Sequence[str | TaskSpec], in_channels: int = 3, image_size=(64, 64),
+                 eps: float = 8 / 255, norm: str = "linf", mode: str = "instance", ngf: int = 32,
+                 n_blocks: int = 6, norm_layer: str = "batch", seed: int = 0) -> None:
+        super().__init__()
+        names = [t.name if isinstance(t, TaskSpec) else str(t) for t in tasks]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"MTAGenerator needs distinct task names, got {names}")
+        h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        if h % 4 or w % 4 or h <= 0 or w <= 0:
+            raise ValueError(f"MTAGenerator: image_size {(h, w)} must be positive multiples of 4")
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ValueError(f"MTAGenerator: eps must be finite and >= 0, got {eps}")
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"MTAGenerator: norm must be 'linf' or 'l2', got {norm!r}")
+        if mode not in ("instance", "universal"):
+            raise ValueError(f"MTAGenerator: mode must be 'instance' or 'universal', got {mode!r}")
+        self.task_names = tuple(names)
+        self._config = dict(tasks=list(names), in_channels=int(in_channels), image_size=[h, w], eps=float(eps),
+                            norm=norm, mode=mode, ngf=int(ngf), n_blocks=int(n_blocks), norm_layer=norm_layer,
+                            seed=int(seed))
+        self.eps, self.norm, self.mode = float(eps), norm, mode
+        c = int(in_channels)
+        enc = [nn.ReflectionPad2d(3), nn.Conv2d(c, ngf, 7), _norm_layer(norm_layer, ngf), nn.ReLU(True)]
+        for mult in (1, 2):  # downsampling
+            enc += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
+                    _norm_layer(norm_layer, ngf * mult * 2), nn.ReLU(True)]
+        enc += [ResidualBlock(ngf * 4, norm_layer) for _ in range(n_blocks)]
+        self.encoder = nn.Sequential(*enc)
+        self.decoders = nn.ModuleList()
+        for _ in names:
+            dec = []
+            for mult in (4, 2):  # upsampling
+                dec += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                        _norm_layer(norm_layer, ngf * mult // 2), nn.ReLU(True)]
+            dec += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, c, 7)]
+            self.decoders.append(nn.Sequential(*dec))
+        g = torch.Generator().manual_seed(int(seed))
+        self.register_buffer("patterns", torch.rand((len(names), c, h, w), generator=g))
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Perturbations ``(v_1, ..., v_M)``, each shaped like ``x`` (universal: broadcast over the batch)."""
+        if self.mode == "instance":
+            z = self.encoder(x)
+            return tuple(scale_to_ball(dec(z), self.eps, self.norm) for dec in self.decoders)
+        z = self.encoder(self.patterns)  # [M, C', h, w]: f(Z_t) for every task's own pattern
+        outs = []
+        for t, dec in enumerate(self.decoders):
+            v = scale_to_ball(dec(z[t:t + 1]), self.eps, self.norm)
+            outs.append(v.expand_as(x) if x is not None else v)
+        return tuple(outs)
+
+    def perturbations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self.task_names, self.forward(x)))
+
+    def adversarial(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{task: clamp(x + v_t, 0, 1)}``."""
+        return {n: (x + v).clamp(0, 1) for n, v in self.perturbations(x).items()}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights to ``path`` (safetensors) + ``path.json`` (config); both written atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic(path, lambda p: save_file(state, str(p)))
+        _atomic(path.with_suffix(path.suffix + ".json"),
+                lambda p: Path(p).write_text(json.dumps(self.config(), indent=2)))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> "MTAGenerator":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_path = path.with_suffix(path.suffix + ".json")
+        if not path.is_file() or not cfg_path.is_file():
+            raise FileNotFoundError(f"MTA generator {path} (and its config {cfg_path}) not found")
+        gen = cls(**json.loads(cfg_path.read_text()))
+        gen.load_state_dict(load_file(str(path), device=map_location))
+        return gen
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------- victims and losses
+def _victim_output(victims, spec: TaskSpec, x: torch.Tensor) -> torch.Tensor:
+    model = victims[spec.name] if isinstance(victims, Mapping) else victims
+    out = model(x)
+    if isinstance(out, Mapping):
+        if spec.name not in out:
+            raise KeyError(f"victim for task {spec.name!r} returned no output for it (has {list(out)})")
+        return out[spec.name]
+    return out
+
+
+def _victim_modules(victims) -> list[nn.Module]:
+    mods = list(victims.values()) if isinstance(victims, Mapping) else [victims]
+    uniq = []
+    for m in mods:
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"victims must be nn.Modules, got {type(m).__name__}")
+        if all(m is not u for u in uniq):
+            uniq.append(m)
+    return uniq
+
+
+def fooling_losses(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, x: torch.Tensor,
+                   targets: Mapping[str, torch.Tensor], targeted: bool = False,
+                   target_classes: Mapping[str, int] | None = None,
+                   alphas: Mapping[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(L, {task: l_t})``: MTA's total objective (Eq. 3 / Eq. 5, minimized) and per-task fooling losses.
+
+    ``l_t = mean_i -log H_t`` (non-targeted) or ``mean_i log H_t(target)`` (targeted, classification
+    tasks, target class ``target_classes[t]``).  ``alphas`` default to ``1 / M``.
+    """
+    specs = {s.name: s for s in tasks}
+    advs = generator.adversarial(x)
+    per = {}
+    total = x.new_zeros(())
+    m = len(generator.task_names)
+    for name in generator.task_names:
+        if name not in specs:
+            raise KeyError(f"generator task {name!r} has no TaskSpec (tasks: {list(specs)})")
+        spec = specs[name]
+        out = _victim_output(victims, spec, advs[name])
+        if targeted:
+            if not spec.is_classification:
+                raise ValueError(f"targeted MTA needs classification tasks; {name!r} is {spec.kind!r}")
+            if target_classes is None or name not in target_classes:
+                raise KeyError(f"targeted MTA: no target class for task {name!r}")
+            tc = int(target_classes[name])
+            if not 0 <= tc < spec.num_classes:
+                raise ValueError(f"target class {tc} of task {name!r} outside [0, {spec.num_classes})")
+            tgt = torch.full((x.shape[0],), tc, dtype=torch.long, device=x.device)
+            h = task_loss(spec, out, tgt, "none")
+            l_t = torch.log(h.clamp_min(_LOG_FLOOR)).mean()
+        else:
+            h = task_loss(spec, out, targets[name], "none")
+            l_t = (-torch.log(h.clamp_min(_LOG_FLOOR))).mean()
+        per[name] = l_t
+        a = 1.0 / m if alphas is None else float(alphas[name])
+        total = total + a * l_t
+    return total, per
+
+
+def train_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, loader: Iterable,
+              epochs: int = 1, lr: float = 2e-4, out_dir: str | os.PathLike | None = None,
+              targeted: bool = False, target_classes: Mapping[str, int] | None = None,
+              alphas: Mapping[str, float] | None = None, device: str | torch.device = "cpu",
+              max_steps: int | None = None, resume: bool = True, seed: int = 0,
+              progress: bool = True) -> list[dict]:
+    """Train the generator with Adam (MTA Sec. 4: lr 2e-4) on ``loader`` batches ``(x, targets)``.
+
+    The victims are frozen (eval mode, no parameter gradients; restored afterwards).  With ``out_dir``
+    a checkpoint ``mta_checkpoint.pt`` (generator, optimizer, epoch) is written atomically after every
+    epoch and resumed from when ``resume``; the final generator is saved to ``out_dir/mta_generator``
+    (safetensors + JSON).  Returns per-epoch logs ``{"epoch", "loss", "per_task", "steps", "seconds"}``.
+    """
+    from tqdm.auto import tqdm
+
+    tasks = validate_tasks(tasks)
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    generator.to(device)
+    opt = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
+    start_epoch, logs = 0, []
+    ckpt = Path(out_dir) / "mta_checkpoint.pt" if out_dir is not None else None
+    if ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        if resume and ckpt.is_file():
+            state = torch.load(ckpt, map_location=device, weights_only=True)
+            if state.get("config") != json.dumps(generator.config(), sort_keys=True):
+                raise ValueError(f"checkpoint {ckpt} was written for a different generator config; "
+                                 "use another out_dir or resume=False")
+            generator.load_state_dict(state["generator"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"])
+            logs = json.loads(state.get("logs", "[]"))
+    victim_mods = _victim_modules(victims)
+    steps_done = 0
+    with _frozen(victim_mods):
+        for epoch in range(start_epoch, epochs):
+            generator.train()
+            t0, tot, n, per_sum = time.perf_counter(), 0.0, 0, {}
+            bar = tqdm(loader, desc=f"MTA epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            for x, y in bar:
+                x = x.to(device)
+                y = {k: v.to(device) for k, v in y.items()}
+                loss, per = fooling_losses(generator, tasks, victims, x, y, targeted, target_classes, alphas)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot += loss.item() * x.shape[0]
+                n += x.shape[0]
+                for k, v in per.items():
+                    per_sum[k] = per_sum.get(k, 0.0) + v.item() * x.shape[0]
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                steps_done += 1
+                if max_steps is not None and steps_done >= max_steps:
+                    break
+            logs.append({"epoch": epoch + 1, "loss": tot / max(n, 1), "per_task": {k: v / max(n, 1) for k, v in per_sum.items()},
+                         "steps": steps_done, "seconds": time.perf_counter() - t0})
+            if ckpt is not None:
+                state = {"generator": generator.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                         "config": json.dumps(generator.config(), sort_keys=True), "logs": json.dumps(logs)}
+                _atomic(ckpt, lambda p: torch.save(state, p))
+            if max_steps is not None and steps_done >= max_steps:
+                break
+    generator.eval()
+    if out_dir is not None:
+        generator.save(Path(out_dir) / "mta_generator.safetensors")
+    return logs
+
+
+class _frozen:
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.ctx = [eval_mode_frozen(m) for m in modules]
+
+    def __enter__(self):
+        for c in self.ctx:
+            c.__enter__()
+
+    def __exit__(self, *exc):
+        for c in reversed(self.ctx):
+            c.__exit__(*exc)
+        return False
+
+
+@torch.no_grad()
+def evaluate_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, loader: Iterable,
+                 device: str | torch.device = "cpu", target_classes: Mapping[str, int] | None = None) -> dict:
+    """Per-task fooling ratio (MTA Sec. 4.1: share of inputs whose prediction changes), accuracy under
+    attack, top-1 target accuracy (when ``target_classes``), and generator time per image.
+
+    Classification tasks only get the ratios; every task gets its mean clean and adversarial loss.
+    """
+    specs = {s.name: s for s in tasks}
+    generator.eval().to(device)
+    stats = {n: dict(changed=0, correct_adv=0, correct_clean=0, hit=0, n=0, loss_clean=0.0, loss_adv=0.0)
+             for n in generator.task_names}
+    gen_time, n_img = 0.0, 0
+    with _frozen(_victim_modules(victims)):
+        for x, y in loader:
+            x = x.to(device)
+            y = {k: v.to(device) for k, v in y.items()}
+            t0 = time.perf_counter()
+            vs = generator(x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            gen_time += time.perf_counter() - t0
+            n_img += x.shape[0]
+            for name, v in zip(generator.task_names, vs):
+                spec, s = specs[name], stats[name]
+                out_c = _victim_output(victims, spec, x)
+                out_a = _victim_output(victims, spec, (x + v).clamp(0, 1))
+                s["loss_clean"] += float(task_loss(spec, out_c, y[name], "sum"))
+                s["loss_adv"] += float(task_loss(spec, out_a, y[name], "sum"))
+                s["n"] += x.shape[0]
+                if spec.is_classification:
+                    pc, pa = _pred(spec, out_c), _pred(spec, out_a)
+                    s["changed"] += int((pc != pa).sum())
+                    s["correct_clean"] += int((pc == y[name].long()).sum())
+                    s["correct_adv"] += int((pa == y[name].long()).sum())
+                    if target_classes and name in target_classes:
+                        s["hit"] += int((pa == int(target_classes[name])).sum())
+    res = {"per_task": {}, "seconds_per_image": gen_time / max(n_img, 1), "images": n_img}
+    for name, s in stats.items():
+        n = max(s["n"], 1)
+        r = {"loss_clean": s["loss_clean"] / n, "loss_adv": s["loss_adv"] / n}
+        if specs[name].is_classification:
+            r.update(fooling_ratio=s["changed"] / n, acc_clean=s["correct_clean"] / n, acc_adv=s["correct_adv"] / n)
+            if target_classes and name in target_classes:
+                r["target_acc"] = s["hit"] / n
+        res["per_task"][name] = r
+    return res
+
+
+def _pred(spec: TaskSpec, out: torch.Tensor) -> torch.Tensor:
+    if spec.kind == "binary":
+        return (out.reshape(out.shape[0], -1)[:, 0] > 0).long()
+    return out.argmax(1)

@@ -1,0 +1,132 @@
+"""``mtlguard train``: train an MTL (several tasks) or STL (one task) victim and write its metrics.
+
+Example (the clean UTKFace MTL victim of reports/clean_utkface.md)::
+
+    mtlguard train --data utkface --data-root ../shared/data/utkface --tasks age,gender,race \\
+        --arch resnet18 --image-size 64 --subset 6000 --epochs 6 --out runs/victims/utk_mtl
+
+Writes the Trainer's ``out_dir`` layout (see :mod:`mtlguard.training.trainer`) plus ``result.json``
+(command line, dataset sizes, final test metrics, wall time).  ``--resume`` continues an interrupted run.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train an MTL / STL victim model (HPS, task weighting)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True,
+                   help="dataset: utkface, synthetic, folder, celeba, chestxray14, nyuv2, office31")
+    p.add_argument("--data-root", "--root", dest="data_root", default=None, help="dataset folder (unused for synthetic)")
+    p.add_argument("--tasks", default=None, help="comma-separated task subset (default: all; one task = STL)")
+    p.add_argument("--arch", default="resnet18",
+                   help="resnet18, resnet50, vgg16, densenet121, vit_b_16, small_cnn (default: %(default)s)")
+    p.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"], help="ResNet stem (default: %(default)s)")
+    p.add_argument("--weighting", default="ls", help="ls, uw, rlw, aligned_mtl, fairgrad, pcgrad (default: %(default)s)")
+    p.add_argument("--fairgrad-alpha", type=float, default=2.0)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--subset", type=int, default=None, help="use N training images (stratified when the loader supports it)")
+    p.add_argument("--test-subset", type=int, default=None, help="use N test images")
+    p.add_argument("--synthetic-n", type=int, nargs=2, default=(512, 128), metavar=("TRAIN", "TEST"),
+                   help="scenes per split for --data synthetic (default: 512 128)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", default="multistep", choices=["multistep", "step", "none"])
+    p.add_argument("--no-augment", action="store_true", help="disable RandomCrop + HorizontalFlip")
+    p.add_argument("--grad-clip", type=float, default=10.0)
+    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a shared, loaded CPU)")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache folder (loader default otherwise)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
+    p.add_argument("--eval-before", action="store_true",
+                   help="also evaluate the untrained model first (result.json 'initial'; before/after comparisons)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _subset_indices(n: int, k: int, seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:k].sort().values.tolist()
+
+
+def _load(args, split: str, subset: int | None):
+    from ..data.registry import build_dataset, canonical_name
+
+    key = canonical_name(args.data)
+    kw = {}
+    if key == "synthetic":
+        kw["n"] = args.synthetic_n[0] if split == "train" else args.synthetic_n[1]
+        kw["seed"] = args.seed
+    else:
+        if args.data_root is None:
+            raise SystemExit(f"--data {args.data} needs --data-root")
+        if args.cache_dir:
+            kw["cache_dir"] = args.cache_dir
+    if subset is not None and key in ("utkface",):
+        kw["subset"] = subset
+        kw["seed"] = args.seed
+        subset = None
+    ds = build_dataset(args.data, args.data_root, split=split, image_size=args.image_size, **kw)
+    if subset is not None and subset < len(ds):
+        from torch.utils.data import Subset
+
+        sub = Subset(ds, _subset_indices(len(ds), subset, args.seed))
+        sub.tasks = ds.tasks  # type: ignore[attr-defined]
+        return sub
+    return ds
+
+
+def run(args) -> int:
+    import torch
+
+    from ..data.tasks import select_tasks
+    from ..models import build_model
+    from ..training import Trainer
+    from ..training.trainer import _atomic_write_text, _jsonable
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    train_set = _load(args, "train", args.subset)
+    test_set = _load(args, "test", args.test_subset)
+    names = [s.strip() for s in args.tasks.split(",") if s.strip()] if args.tasks else None
+    try:
+        tasks = select_tasks(train_set.tasks, names)
+    except KeyError as exc:
+        raise SystemExit(f"--tasks: {exc.args[0]}") from exc
+    channels = int(train_set[0][0].shape[0])
+    torch.manual_seed(args.seed)
+    model = build_model(tasks, args.arch, in_channels=channels, image_size=args.image_size, stem=args.stem)
+    wkw = {"alpha": args.fairgrad_alpha} if args.weighting.lower() == "fairgrad" else {}
+    trainer = Trainer(model, tasks, train_set, test_set, weighting=args.weighting, weighting_kwargs=wkw,
+                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, schedule=args.schedule,
+                      augment=not args.no_augment, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
+                      out_dir=args.out, resume=args.resume, num_workers=args.num_workers,
+                      eval_every=args.eval_every, progress=not args.no_progress)
+    load_s = time.time() - t0
+    initial = trainer.evaluate() if args.eval_before and trainer.start_epoch == 0 else None
+    final = trainer.fit()
+    result = {
+        "command": "mtlguard " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None,
+        "data": args.data, "tasks": [t.name for t in tasks], "arch": args.arch, "stem": args.stem,
+        "weighting": args.weighting, "image_size": args.image_size, "epochs": args.epochs, "seed": args.seed,
+        "device": args.device, "threads": torch.get_num_threads(), "batch_size": args.batch_size, "lr": args.lr,
+        "train_size": len(train_set), "test_size": len(test_set), "subset": args.subset,
+        "test_subset": args.test_subset, "data_load_s": round(load_s, 1),
+        "wall_time_s": round(time.time() - t0, 1), "torch": torch.__version__, "initial": initial, "final": final,
+    }
+    _atomic_write_text(trainer.out_dir / "result.json", json.dumps(_jsonable(result), indent=2))
+    print(json.dumps(_jsonable({"out": str(trainer.out_dir), "wall_time_s": result["wall_time_s"], "final": final}),
+                     indent=2))
+    return 0

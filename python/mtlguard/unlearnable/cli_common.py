@@ -1,0 +1,52 @@
+"""Dataset options shared by ``mtlguard fit``, ``poison`` and ``evaluate-protection``."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def add_data_args(p: argparse.ArgumentParser, split_default: str = "train") -> None:
+    p.add_argument("--data", required=True, help="dataset name for mtlguard.data.build_dataset (utkface, folder, synthetic, ...)")
+    p.add_argument("--root", default=None, help="dataset root (utkface: the folder holding images/)")
+    p.add_argument("--split", default=split_default, help="split to use (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: %(default)s)")
+    p.add_argument("--subset", type=int, default=None, help="use N images of the split (stratified where supported)")
+    p.add_argument("--tasks", default=None, help="comma list of task names (default: all)")
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def load_split(args, split: str, subset: int | None):
+    """The dataset split named by the CLI options, restricted to ``--tasks``."""
+    from ..data import build_dataset, select_tasks
+    from .protect import TaskView
+
+    kw = {}
+    if subset is not None:
+        kw["subset"] = subset
+        kw["seed"] = args.seed
+    if args.cache_dir:
+        kw["cache_dir"] = args.cache_dir
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda requested but CUDA is not available on this machine")
+    try:
+        ds = build_dataset(args.data, args.root, split=split, image_size=args.image_size, **kw)
+    except TypeError:
+        kw.pop("cache_dir", None)
+        ds = build_dataset(args.data, args.root, split=split, image_size=args.image_size, **kw)
+    if args.tasks:
+        names = [s.strip() for s in args.tasks.split(",") if s.strip()]
+        try:
+            ds = TaskView(ds, select_tasks(ds.tasks, names))
+        except KeyError as e:
+            raise SystemExit(f"--tasks: {e}") from None
+    return ds
+
+
+def command_line() -> str:
+    return "mtlguard " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -1,0 +1,68 @@
+"""``mtlguard fit`` -> ``mtlguard poison`` on a few real UTKFace images: the protected copy keeps the
+file names and labels, stays within eps after uint8 quantization, reads back as a folder dataset,
+and is never written into the input tree.  Plus the ISS defenses."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mtlguard.cli.main import main
+from mtlguard.data import FolderDataset, UTKFace
+from mtlguard.unlearnable.protect import ProtectedDataset, iss_bit_depth, iss_grayscale, iss_jpeg
+
+
+def _args(root, cache):
+    return ["--data", "utkface", "--root", str(root), "--image-size", "16", "--subset", "12",
+            "--cache-dir", str(cache), "--no-progress"]
+
+
+def test_fit_then_poison_cli(utkface_root, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["fit", *_args(utkface_root, cache), "--base", "em", "--epochs", "1", "--batch-size", "12",
+                 "--train-steps", "1", "--out", str(tmp_path / "gen")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rounds"] == 1 and (tmp_path / "gen" / "generator.json").is_file()
+    assert main(["poison", *_args(utkface_root, cache), "--generator", info["generator"],
+                 "--out", str(tmp_path / "prot")]) == 0
+    src = UTKFace(utkface_root, image_size=16, subset=12, cache_dir=cache, progress=False)
+    prot = FolderDataset(tmp_path / "prot")
+    assert len(prot) == 12
+    assert sorted(f.rsplit(".", 1)[0] for f in prot.files) == sorted(f.rsplit(".", 1)[0] for f in src.files)
+    by_name = {f.rsplit(".", 1)[0]: i for i, f in enumerate(prot.files)}
+    diffs = []
+    for i, f in enumerate(src.files):
+        j = by_name[f.rsplit(".", 1)[0]]
+        a, b = src.load_uint8(i).astype(int), prot.load_uint8(j).astype(int)
+        diffs.append(np.abs(a - b).max())
+        for t in src.tasks:
+            assert int(src.targets(i)[t.name]) == int(prot.targets(j)[t.name])
+    assert max(diffs) <= 8 and max(diffs) > 0
+    # never into the input tree (the --root folder, parent of images/)
+    with pytest.raises(SystemExit, match="input tree"):
+        main(["poison", *_args(utkface_root, cache), "--method", "ar-patch", "--out", str(utkface_root / "prot_x")])
+    assert not (utkface_root / "prot_x").exists()
+
+
+def test_iss_defenses_and_protected_dataset():
+    g = np.random.default_rng(0)
+    imgs = g.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    gray = iss_grayscale(imgs)
+    assert gray.shape == imgs.shape and (gray[..., 0] == gray[..., 2]).all()
+    bdr = iss_bit_depth(imgs, 2)
+    assert set(np.unique(bdr).tolist()) <= {0, 85, 170, 255}
+    jp = iss_jpeg(imgs, 10)
+    assert jp.shape == imgs.shape and not np.array_equal(jp, imgs)
+
+    class Src(torch.utils.data.Dataset):
+        tasks = ()
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 16, 16), {"y": torch.tensor(i)}
+
+    ds = ProtectedDataset(Src(), bdr)
+    x, y = ds[2]
+    assert torch.allclose(x, torch.from_numpy(bdr[2]).permute(2, 0, 1).float() / 255) and int(y["y"]) == 2
