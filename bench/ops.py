@@ -52,7 +52,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def _time_ms(fn: Callable[[], object], device: str, warmup: int, repeats: int) -> float:
+def _time_ms(fn: Callable[[], object], device: str, warmup: int, repeats: int, stat=statistics.median) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -65,12 +65,15 @@ def _time_ms(fn: Callable[[], object], device: str, warmup: int, repeats: int) -
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
+        _time_ms.last_min = min(times)
+        return stat(times)
     else:
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    _time_ms.last_min = min(times)
+    return stat(times)
 
 
 def _copy_bandwidth_gbs(device: str, warmup: int, repeats: int) -> float:
@@ -156,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/ops_<device>.json)")
     args = p.parse_args(argv)
     device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device == "cuda" and not torch.cuda.is_available():
         print("bench/ops.py: --device cuda requested but no CUDA GPU is available", file=sys.stderr)
         return 2
@@ -171,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for op, variant, sizes, fused, eager, nbytes in _cases(args.quick, device):
             ms_f = _time_ms(fused, device, args.warmup, repeats)
+            min_f = _time_ms.last_min
             ms_e = _time_ms(eager, device, args.warmup, repeats)
+            min_e = _time_ms.last_min
             row = {"op": op, "variant": variant, "sizes": sizes, "ms_fused": round(ms_f, 4), "ms_eager": round(ms_e, 4),
+                   "ms_fused_min": round(min_f, 4), "ms_eager_min": round(min_e, 4),
+                   "speedup_of_min": round(min_e / min_f, 3),
                    "speedup": round(ms_e / ms_f, 3), "bytes_ideal": nbytes,
                    "gbs_fused": round(nbytes / (ms_f * 1e-3) / 1e9, 2)}
             if bandwidth:
@@ -199,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         "backend": info,
         "warmup": args.warmup,
         "repeats": repeats,
-        "statistic": "median",
+        "statistic": "median (speedup); min also given (speedup_of_min): less sensitive to other jobs on the CPU",
         "copy_bandwidth_gbs": round(bandwidth, 2) if bandwidth else None,
         "speedup_summary": speedups,
         "goals": {"cpu_speedup_balanced_sign_and_pgd_step": 2.0, "cuda_fraction_of_copy_bandwidth": 0.7},
         "results": results,
     }
-    out = args.out or ROOT / "bench" / "results" / f"ops_{device}{'_quick' if args.quick else ''}.json"
+    suffix = ("_quick" if args.quick else "") + (f"_{args.threads}thread" if args.threads else "")
+    out = args.out or ROOT / "bench" / "results" / f"ops_{device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")

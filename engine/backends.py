@@ -50,6 +50,9 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting between ops/runs: the decode/encode threads need those cycles (pipeline overlap)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.providers = self.session.get_providers()
         self.device = device

@@ -131,7 +131,7 @@ def generator_facts(generator, training_config: dict | None = None) -> Generator
         size = (size, size)
     eps = float(cfg.get("eps", getattr(generator, "eps", 0.0)))
     ch = int(cfg.get("in_channels", getattr(generator, "in_channels", 3)))
-    full = {"generator": cfg, "training": _jsonable(training_config or cfg.get("training") or {})}
+    full = {"generator": cfg, "training": _jsonable(training_config or cfg.get("training") or cfg.get("extra") or {})}
     return GeneratorFacts(tasks=tasks, eps=eps, image_size=(int(size[0]), int(size[1])), in_channels=ch,
                           config=full, config_hash=config_hash(full))
 

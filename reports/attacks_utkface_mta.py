@@ -29,6 +29,7 @@ p.add_argument("--ngf", type=int, default=16)
 p.add_argument("--blocks", type=int, default=2)
 p.add_argument("--pgd-steps", type=int, default=10)
 p.add_argument("--seed", type=int, default=0)
+p.add_argument("--gen-dir", default="runs/attacks/mta_generator", help="generator checkpoint / weights folder")
 a = p.parse_args()
 torch.set_num_threads(2)
 torch.manual_seed(a.seed)
@@ -42,7 +43,7 @@ train_loader = torch.utils.data.DataLoader(train_set, batch_size=32, shuffle=Tru
 test_loader = torch.utils.data.DataLoader(test_set, batch_size=64, shuffle=False)
 eps = a.eps / 255
 gen = MTAGenerator(tasks, image_size=size, eps=eps, ngf=a.ngf, n_blocks=a.blocks, seed=a.seed)
-out_dir = os.path.splitext(a.out_json)[0] + "_generator"
+out_dir = a.gen_dir
 t0 = time.perf_counter()
 logs = train_mta(gen, tasks, model, train_loader, epochs=a.epochs, lr=2e-4, out_dir=out_dir, seed=a.seed,
                  progress=False)

@@ -159,16 +159,18 @@ def test_export_rejects_a_non_generator_onnx(tmp_path):
         read_onnx_facts(tmp_path / "plain.onnx")
 
 
-def test_export_onnx_variants_in_one_export_match_derived_ones(utkface_root, tmp_path):
-    """export_onnx(fp16=True, uint8_io=True) (direct) == the variant derived from the fp32 file."""
-    from mtlguard.export import export_onnx
+def test_fp16_uint8_variant_together(utkface_root, tmp_path):
+    """Both variants at once (uint8 surgery, then fp16 conversion) on the exported fp32 file."""
+    from mtlguard.export import onnx_variant
 
-    direct = export_onnx(shared_generator(), tmp_path / "both.onnx", fp16=True, uint8_io=True)
-    facts = read_onnx_facts(direct)
+    both = onnx_variant(exported_onnx(), tmp_path / "both.onnx", fp16=True, uint8_io=True)
+    facts = read_onnx_facts(both)
     assert (facts.io, facts.precision) == ("uint8_nhwc", "fp16")
     images, labels, _ = utk_batch(utkface_root, 3)
     u8 = np.rint(images * 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()
-    prot, _ = ort.InferenceSession(str(direct), providers=["CPUExecutionProvider"]).run(None, {"image": u8, "labels": labels})
+    prot, _ = ort.InferenceSession(str(both), providers=["CPUExecutionProvider"]).run(None, {"image": u8, "labels": labels})
     tp, _ = _torch_out(u8.transpose(0, 3, 1, 2).astype(np.float32) / 255, labels)
     expect = np.rint(tp * 255).astype(np.int16).transpose(0, 2, 3, 1)
     assert np.abs(prot.astype(np.int16) - expect).max() <= 2  # fp16 + rounding
+    with pytest.raises(ValueError, match="derive variants from the float32"):
+        onnx_variant(both, tmp_path / "again.onnx", fp16=True)

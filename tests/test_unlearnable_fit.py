@@ -28,7 +28,7 @@ def _em_run(ds, out, stop_after=None):
     torch.manual_seed(0)
     gen = MTLUEGenerator(ds.tasks, image_size=SIZE)
     sur = build_model(ds.tasks, arch="resnet18", image_size=SIZE)
-    cfg = FitConfig(base="em", epochs=2, batch_size=24, train_steps=4, stop_acc=1.01, seed=0)
+    cfg = FitConfig(base="em", epochs=2, batch_size=24, train_steps=3, stop_acc=1.01, seed=0)
     res = fit_generator(gen, ds, sur, cfg, out_dir=out, progress=False, stop_after=stop_after)
     return gen, res
 
@@ -55,7 +55,7 @@ def test_tap_fit_lowers_targeted_loss(tiny_utk):
     torch.manual_seed(0)
     tasks = tiny_utk.tasks
     sur = build_model(tasks, arch="resnet18", image_size=SIZE)
-    snaps = train_clean_surrogate(sur, tasks, tiny_utk, epochs=2, batch_size=12, n_snapshots=2, progress=False)
+    snaps = train_clean_surrogate(sur, tasks, tiny_utk, epochs=1, batch_size=12, n_snapshots=2, progress=False)
     assert len(snaps) == 2
     gen = MTLUEGenerator(tasks, image_size=SIZE)
     x, y = _batch(tiny_utk)
@@ -67,7 +67,7 @@ def test_tap_fit_lowers_targeted_loss(tiny_utk):
             return float(tap_loss(tasks, sur(gen(x, labels)[0]), y))
 
     before = targeted()
-    cfg = FitConfig(base="tap", epochs=3, batch_size=12, lr=1e-3, augment=False, seed=0)
+    cfg = FitConfig(base="tap", epochs=2, batch_size=12, lr=1e-3, augment=False, seed=0)
     fit_generator(gen, tiny_utk, sur, cfg, progress=False)
     after = targeted()
     assert after < before, (before, after)

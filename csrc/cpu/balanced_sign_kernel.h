@@ -23,7 +23,7 @@ namespace mtlguard {
 namespace cpu {
 namespace {
 
-constexpr int64_t kTile = 512;
+constexpr int64_t kTile = 4096;  // long runs per task stream: with T = 40 streams short tiles defeat the prefetcher
 
 template <typename acc_t>
 std::vector<acc_t> task_weights(const at::Tensor& losses, SignMode mode, const c10::optional<at::Tensor>& weights,

@@ -48,6 +48,7 @@ def _format_from(path: str) -> str:
 
 def run(args) -> int:
     from mtlguard import export as ex
+    from mtlguard.export._load import load_training_config
 
     try:
         fmt = args.format or _format_from(args.output)
@@ -68,13 +69,14 @@ def run(args) -> int:
             if not args.model:
                 raise ValueError("--model CHECKPOINT is required")
             gen = ex.load_generator(args.model)
+            training = load_training_config(args.model)
             if fmt == "onnx":
                 out = ex.export_onnx(gen, args.output, opset=args.opset or ex.DEFAULT_OPSET, fp16=args.fp16,
-                                     uint8_io=args.uint8_io)
+                                     uint8_io=args.uint8_io, training_config=training)
             elif fmt == "torchscript":
-                out = ex.export_torchscript(gen, args.output)
+                out = ex.export_torchscript(gen, args.output, training_config=training)
             else:
-                out = ex.export_pt2(gen, args.output)
+                out = ex.export_pt2(gen, args.output, training_config=training)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"mtlguard export: error: {e}", file=sys.stderr)
         return 2
