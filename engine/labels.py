@@ -3,7 +3,8 @@
 The generator needs ``labels`` int64 [K] per image over its classification tasks (metadata order);
 ``-1`` = that task is not protected for that image (MTL-UE partial protection, Sec. 5.3).
 
-* :class:`CsvLabels` -- ``labels.csv`` with a ``path`` column (relative to the input root; rows
+* :class:`CsvLabels` -- ``labels.csv`` (the :mod:`mtlguard.data.folder` format: a ``file`` column, or
+  ``path``/``filename``/``image``, relative to the input root; rows
   escaping the root are rejected) and one column per task holding a class index or a class name;
   empty or ``-1`` = unprotected.  Images without a row are unprotected (counted in the report).
 * :class:`UTKFaceLabels` -- labels parsed from UTKFace file names (``age_gender_race_...jpg``).
@@ -57,12 +58,14 @@ def _class_index(task: dict, value: str, where: str) -> int:
     if v == "" or v == "-1":
         return -1
     n = int(task.get("num_classes", 0))
+    names = [str(c) for c in (task.get("class_names") or [])]
+    if v in names:  # a class name wins over an index (as mtlguard.data.FolderDataset reads labels.csv)
+        return names.index(v)
+    if task.get("kind") == "binary" and v.lower() in ("true", "false"):
+        return int(v.lower() == "true")
     try:
         idx = int(v)
     except ValueError:
-        names = [str(c) for c in (task.get("class_names") or [])]
-        if v in names:
-            return names.index(v)
         raise ValueError(f"{where}, column {task['name']!r}: value {value!r} is neither a class index in "
                          f"[0, {n}) nor a class name {names}") from None
     if not 0 <= idx < n:
