@@ -20,7 +20,9 @@ from mtlguard._version import __version__
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, help="input directory (never written to)")
+    p.add_argument("--input", default=None, help="input directory (never written to)")
+    p.add_argument("--sample", action="store_true",
+                   help="use the bundled sample directory (mtlguard/assets/samples) and its labels.csv as --input")
     p.add_argument("--output", required=True, help="output directory (the input tree is mirrored here)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decode/encode threads (Ray: inference actors)")
@@ -71,6 +73,18 @@ def _run(args) -> int:
     from .pipeline import protect_directory
 
     warnings.simplefilter("default", UserWarning)
+    if args.sample:
+        if args.input is not None:
+            print("mtlguard-engine: error: give either --input DIR or --sample, not both", file=sys.stderr)
+            return 2
+        from .samples import SAMPLES_DIR
+
+        args.input = str(SAMPLES_DIR)
+        if not args.passthrough and not (args.labels or args.dataset or args.no_labels):
+            args.labels = str(SAMPLES_DIR / "labels.csv")
+    elif args.input is None:
+        print("mtlguard-engine: error: --input DIR is required (or --sample for the bundled samples)", file=sys.stderr)
+        return 2
     try:
         report = protect_directory(
             args.input, args.output, model=args.model, labels=args.labels, dataset=args.dataset,

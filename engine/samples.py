@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+#: The bundled sample directory installed with the package (``mtlguard-engine protect --sample``).
+SAMPLES_DIR = Path(str(__import__("importlib.resources").resources.files("mtlguard") / "assets" / "samples"))
+
 SCENES = {  # name -> (seed, labels: age bin, gender, race)
     "rendered/sunset.png": (1, "4,1,2"),
     "rendered/shapes.png": (2, "2,0,3"),
