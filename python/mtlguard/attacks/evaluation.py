@@ -238,6 +238,7 @@ def _atomic_fig(fig, path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -272,6 +273,7 @@ def _atomic_text(path: Path, text: str) -> None:
     os.close(fd)
     try:
         Path(tmp).write_text(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
