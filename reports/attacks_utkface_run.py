@@ -14,7 +14,7 @@ import json
 import torch
 
 from mtlguard.attacks import FATPerturb
-from mtlguard.data import UTKFace
+from mtlguard.data import SyntheticScenes, UTKFace
 from mtlguard.models import build_model, load_model
 from mtlguard.training import train
 
@@ -22,6 +22,7 @@ p = argparse.ArgumentParser()
 p.add_argument("kind", choices=["std", "fat"])
 p.add_argument("out_dir")
 p.add_argument("--root", default="/work/shared/data/utkface")
+p.add_argument("--data", default="utkface", choices=["utkface", "synthetic"], help="synthetic = SyntheticScenes (3 dense tasks)")
 p.add_argument("--train", type=int, default=3000)
 p.add_argument("--test", type=int, default=256)
 p.add_argument("--epochs", type=int, default=4)
@@ -35,8 +36,12 @@ p.add_argument("--init", default=None, help="start from this trained model direc
 p.add_argument("--lr", type=float, default=1e-3)
 a = p.parse_args()
 torch.set_num_threads(2)
-train_set = UTKFace(a.root, split="train", image_size=a.size, subset=a.train, seed=a.seed, progress=False)
-test_set = UTKFace(a.root, split="test", image_size=a.size, subset=a.test, seed=a.seed, progress=False)
+if a.data == "utkface":
+    train_set = UTKFace(a.root, split="train", image_size=a.size, subset=a.train, seed=a.seed, progress=False)
+    test_set = UTKFace(a.root, split="test", image_size=a.size, subset=a.test, seed=a.seed, progress=False)
+else:
+    train_set = SyntheticScenes(a.train, image_size=(a.size, a.size), seed=a.seed, split="train", progress=False)
+    test_set = SyntheticScenes(a.test, image_size=(a.size, a.size), seed=a.seed, split="test", progress=False)
 torch.manual_seed(a.seed)
 model = build_model(train_set.tasks, arch="resnet18", image_size=a.size) if a.init is None else load_model(a.init)
 perturb = None
