@@ -325,7 +325,8 @@ class Trainer:
             nb += 1
             for n in sums:
                 sums[n] += float(losses[n].detach())
-                wsums[n] += float(weights[n])
+                w = weights[n]
+                wsums[n] += float(w.detach() if torch.is_tensor(w) else w)
             bar.set_postfix({n[:8]: f"{float(v.detach()):.3f}" for n, v in losses.items()})
         bar.close()
         dt = time.time() - t0
