@@ -160,7 +160,7 @@ setup(
         "scipy",  # torchjd's FairGrad solver (mtlguard.weighting.fairgrad)
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "hypothesis", "scikit-learn", "pybind11", "ninja", "expecttest"],
+        "dev": ["pytest", "pytest-timeout", "hypothesis", "scikit-learn", "pybind11", "ninja", "expecttest", "ray[data]"],
         "ray": ["ray[data]"],
         "tensorrt": ["tensorrt"],
         "gpu": ["onnxruntime-gpu"],
