@@ -15,13 +15,13 @@ Decoding rules (each image is protected at its native size):
 from __future__ import annotations
 
 import io
-import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from mtlguard.atomic import atomic_write_bytes
 
 try:  # optional fast JPEG codec (installed with mtlguard's environment)
     import simplejpeg
@@ -157,16 +157,9 @@ def encode(rgb: np.ndarray, fmt: str, alpha: np.ndarray | None = None, quality: 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory + ``os.replace``: a reader
-    (or a resumed run) sees either no file or the complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    (or a resumed run) sees either no file or the complete file.  Temp names carry :data:`TMP_MARK` so a
+    resumed run can find and remove the partial files of a killed one."""
+    atomic_write_bytes(path, data, prefix=f".{path.name}{TMP_MARK}", suffix="")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -15,6 +15,8 @@ import os
 import threading
 from pathlib import Path
 
+from mtlguard.atomic import atomic_write_text
+
 from .imageio import TMP_MARK
 
 STATE_DIR = ".mtlguard-engine"
@@ -34,9 +36,7 @@ class Journal:
                 raise ValueError(f"{self.root}: this output directory holds a run with different settings ({diff}); "
                                  "use a new --output directory (outputs of different runs must not mix)")
         else:
-            tmp = run.with_name(f".run.json{TMP_MARK}{os.getpid()}")
-            tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
-            os.replace(tmp, run)
+            atomic_write_text(run, json.dumps(fingerprint, indent=1, sort_keys=True), prefix=f".run.json{TMP_MARK}", suffix="")
         self.path = self.dir / "journal.jsonl"
         self.done: dict[str, dict] = {}
         if self.path.is_file():

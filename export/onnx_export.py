@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from mtlguard.atomic import atomic_write
 from ._translate import export_ops
 from .metadata import GeneratorFacts, generator_facts
 from .wrappers import FloatIO, example_inputs
@@ -47,13 +47,7 @@ def _quiet():
 def _atomic_save_onnx(model, path: Path) -> None:
     import onnx
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        onnx.save_model(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: onnx.save_model(model, tmp))
 
 
 def to_fp16(model):

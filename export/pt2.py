@@ -7,12 +7,12 @@ The generator's facts are stored beside it as ``<path>.json`` (and inside the pa
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from mtlguard.atomic import atomic_write, atomic_write_text
 from ._translate import export_ops
 from .metadata import GeneratorFacts, generator_facts
 from .wrappers import FloatIO, example_inputs
@@ -45,18 +45,15 @@ def export_pt2(generator: torch.nn.Module, path, device="cpu", training_config: 
         ep = exported_program(generator, device=device)
     finally:
         generator.train(was_training)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    configs = {"aot_inductor.metadata": {"mtlguard.json": facts.to_json()}, **(inductor_configs or {})}
+
+    def compile_to(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            configs = {"aot_inductor.metadata": {"mtlguard.json": facts.to_json()}, **(inductor_configs or {})}
-            torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    side = path.with_name(path.name + ".json")
-    side.write_text(facts.to_json())
+            torch._inductor.aoti_compile_and_package(ep, package_path=tmp, inductor_configs=configs)
+
+    atomic_write(path, compile_to, prefix=".tmp-", suffix=f"-{path.name}")  # keep the .pt2 ending
+    atomic_write_text(path.with_name(path.name + ".json"), facts.to_json())
     return path
 
 

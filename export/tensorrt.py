@@ -9,9 +9,9 @@ facts are written beside the engine as ``<engine>.json``.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from mtlguard.atomic import atomic_write_bytes, atomic_write_text
 from .metadata import read_onnx_facts
 
 MISSING = ("TensorRT is not installed: install the optional extra with `pip install \"mtlguard[tensorrt]\"` "
@@ -55,14 +55,6 @@ def build_tensorrt_engine(onnx_path, engine_path, min_batch: int = 1, opt_batch:
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(f".{engine_path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(bytes(serialized))
-        os.replace(tmp, engine_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    engine_path.with_name(engine_path.name + ".json").write_text(facts.to_json())
+    atomic_write_bytes(engine_path, bytes(serialized))
+    atomic_write_text(engine_path.with_name(engine_path.name + ".json"), facts.to_json())
     return engine_path

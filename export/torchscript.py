@@ -6,12 +6,12 @@ the extra file ``mtlguard.json`` (``torch.jit.load(path, _extra_files={"mtlguard
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
+from mtlguard.atomic import atomic_write
 from ._translate import export_ops
 from .metadata import GeneratorFacts, generator_facts
 from .wrappers import FloatIO, example_inputs
@@ -33,13 +33,7 @@ def export_torchscript(generator: torch.nn.Module, path, training_config: dict |
             traced = torch.jit.trace(wrapper, (image, labels), check_trace=False)
     finally:
         generator.train(was_training)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: facts.to_json()})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: torch.jit.save(traced, tmp, _extra_files={EXTRA_FILE: facts.to_json()}))
     return path
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
+from ..atomic import atomic_write, atomic_write_text
 from ..data.tasks import TaskSpec, validate_tasks
 from ..metrics import MultiTaskMeter, arp, attack_transferability, relative_task_vulnerability
 from ..models.losses import task_loss
@@ -232,18 +232,7 @@ def plot_examples(res: dict, path: str | os.PathLike, n: int = 3) -> None:
 
 
 def _atomic_fig(fig, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def write_reports(res: dict, out_dir: str | os.PathLike, prefix: str = "attack_eval", command: str | None = None) -> dict:
@@ -255,27 +244,16 @@ def write_reports(res: dict, out_dir: str | os.PathLike, prefix: str = "attack_e
         public["command"] = command
     paths = {"json": out / f"{prefix}.json", "md": out / f"{prefix}.md", "arp_png": out / f"{prefix}_arp.png",
              "examples_png": out / f"{prefix}_examples.png"}
-    _atomic_text(paths["json"], json.dumps(public, indent=1))
+    atomic_write_text(paths["json"], json.dumps(public, indent=1))
     header = [f"# Attack evaluation ({prefix})", ""]
     if command:
         header += ["Command:", "", "```", command, "```", ""]
     header += [f"images: {res['images']}, norm: {res['norm']}, steps: {res['steps']}, seed: {res['seed']}, "
                f"device: {res['device']}", ""]
-    _atomic_text(paths["md"], "\n".join(header) + markdown_tables(res))
+    atomic_write_text(paths["md"], "\n".join(header) + markdown_tables(res))
     plot_arp_vs_eps(res, paths["arp_png"])
     if res.get("_examples"):
         plot_examples(res, paths["examples_png"])
     return {k: str(v) for k, v in paths.items()}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        Path(tmp).write_text(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -28,15 +28,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_write, atomic_write_text
 from ..data.tasks import TaskSpec, validate_tasks
 from ..models.losses import task_loss
 from .base import eval_mode_frozen
@@ -154,9 +153,8 @@ class MTAGenerator(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic(path, lambda p: save_file(state, str(p)))
-        _atomic(path.with_suffix(path.suffix + ".json"),
-                lambda p: Path(p).write_text(json.dumps(self.config(), indent=2)))
+        atomic_write(path, lambda p: save_file(state, str(p)))
+        atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(self.config(), indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> "MTAGenerator":
@@ -169,19 +167,6 @@ class MTAGenerator(nn.Module):
         gen = cls(**json.loads(cfg_path.read_text()))
         gen.load_state_dict(load_file(str(path), device=map_location))
         return gen
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------- victims and losses
@@ -305,7 +290,7 @@ def train_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, loade
             if ckpt is not None:
                 state = {"generator": generator.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                          "config": json.dumps(generator.config(), sort_keys=True), "logs": json.dumps(logs)}
-                _atomic(ckpt, lambda p: torch.save(state, p))
+                atomic_write(ckpt, lambda p: torch.save(state, p))
             if max_steps is not None and steps_done >= max_steps:
                 break
     generator.eval()

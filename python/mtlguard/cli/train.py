@@ -93,7 +93,8 @@ def run(args) -> int:
     from ..data.tasks import select_tasks
     from ..models import build_model
     from ..training import Trainer
-    from ..training.trainer import _atomic_write_text, _jsonable
+    from ..atomic import atomic_write_text
+    from ..training.trainer import _jsonable
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,7 +127,7 @@ def run(args) -> int:
         "test_subset": args.test_subset, "data_load_s": round(load_s, 1),
         "wall_time_s": round(time.time() - t0, 1), "torch": torch.__version__, "initial": initial, "final": final,
     }
-    _atomic_write_text(trainer.out_dir / "result.json", json.dumps(_jsonable(result), indent=2))
+    atomic_write_text(trainer.out_dir / "result.json", json.dumps(_jsonable(result), indent=2))
     print(json.dumps(_jsonable({"out": str(trainer.out_dir), "wall_time_s": result["wall_time_s"], "final": final}),
                      indent=2))
     return 0

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import posixpath
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -45,7 +44,8 @@ import torch
 from PIL import Image
 
 from .base import ImageFileDataset, target_to_tensor
-from .imageio import current_umask, safe_join
+from ..atomic import atomic_write_bytes
+from .imageio import safe_join
 from .tasks import TaskSpec, tasks_from_json, tasks_to_json, validate_tasks
 
 _TRUE = {"true", "yes"}
@@ -307,32 +307,6 @@ class FolderDataset(ImageFileDataset):
 # --------------------------------------------------------------------------------------------------
 # writer
 # --------------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes, overwrite: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the usual file mode
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path appeared meanwhile: never clobbers
-            except FileExistsError:
-                raise FileExistsError(f"{str(path)!r} already exists (pass overwrite=True to replace it)") from None
-            except OSError:  # no hard links on this file system
-                if path.exists():
-                    raise FileExistsError(f"{str(path)!r} already exists (pass overwrite=True to replace it)") from None
-                os.replace(tmp, path)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _encode_image(arr: np.ndarray, fmt: str) -> bytes:
     arr = np.asarray(arr)
     if arr.dtype != np.uint8:
@@ -460,12 +434,12 @@ def write_folder_dataset(
         fmt = "png" if dest[i].lower().endswith(".png") else "jpeg"
         if fmt == "jpeg" and not dest[i].lower().endswith((".jpg", ".jpeg")):
             raise ValueError(f"files[{i}] {files[i]!r}: image_format='same' supports .png/.jpg/.jpeg only")
-        _atomic_write_bytes(out / dest[i], _encode_image(images_uint8[i], fmt), overwrite)
+        atomic_write_bytes(out / dest[i], _encode_image(images_uint8[i], fmt), overwrite=overwrite)
         for t in tasks:
             if t.is_dense:
                 buf = io.BytesIO()
                 np.save(buf, np.asarray(labels[t.name][i]), allow_pickle=False)
-                _atomic_write_bytes(out / dense_rel[t.name][i], buf.getvalue(), overwrite)
+                atomic_write_bytes(out / dense_rel[t.name][i], buf.getvalue(), overwrite=overwrite)
     header = ["file"] + [t.name for t in tasks] + (["split"] if split is not None else []) + list(extra_columns or {})
     sio = io.StringIO()
     w = csv.writer(sio, lineterminator="\n")
@@ -478,10 +452,10 @@ def write_folder_dataset(
             row.append(str(split[i]))
         row += [str(v[i]) for v in (extra_columns or {}).values()]
         w.writerow(row)
-    _atomic_write_bytes(out / "labels.csv", sio.getvalue().encode(), overwrite)
+    atomic_write_bytes(out / "labels.csv", sio.getvalue().encode(), overwrite=overwrite)
     channels = np.asarray(images_uint8[0]).shape[-1] if np.asarray(images_uint8[0]).ndim == 3 else 1
     spec = {"tasks": json.loads(tasks_to_json(tasks)), "num_channels": int(channels)}
-    _atomic_write_bytes(out / "tasks.json", (json.dumps(spec, indent=2) + "\n").encode(), overwrite)
+    atomic_write_bytes(out / "tasks.json", (json.dumps(spec, indent=2) + "\n").encode(), overwrite=overwrite)
     return out
 
 

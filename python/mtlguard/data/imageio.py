@@ -17,18 +17,18 @@ The result is always ``uint8 [H, W, C]`` (HWC, like Pillow / numpy images).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ..atomic import atomic_write
 
 try:  # optional fast JPEG path (libjpeg-turbo with DCT scaling); Pillow is the fallback
     import simplejpeg as _simplejpeg
@@ -216,26 +216,12 @@ def file_list_key(root: str | os.PathLike, files: Sequence[str], extra: dict) ->
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """``np.save`` to a temp file in the same folder, then ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a bare temp name
             np.save(f, array, allow_pickle=False)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
-
-@functools.lru_cache(maxsize=1)
-def current_umask() -> int:
-    """The process umask (read once, by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    atomic_write(path, write)
 
 
 def cached_array(

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..atomic import atomic_write, atomic_write_text
 from ..data.tasks import TaskSpec, validate_tasks
 from .backbones import ARCHS, build_backbone
 from .hps import HPSModel
@@ -59,29 +59,15 @@ def build_model_from_config(config: dict) -> HPSModel:
                        stem=config.get("stem", "imagenet"), patch_size=config.get("patch_size"))
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_model(model: HPSModel, directory: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` + ``model_config.json`` into ``directory`` (atomically). Returns the dir."""
     from safetensors.torch import save_file
 
     d = Path(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(d / WEIGHTS_NAME, lambda p: save_file(state, p))
+    atomic_write(d / WEIGHTS_NAME, lambda p: save_file(state, p))
     text = json.dumps(model.config, indent=2)
-    _atomic_write_bytes(d / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    atomic_write_text(d / CONFIG_NAME, text)
     return d
 
 

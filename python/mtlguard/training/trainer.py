@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write, atomic_write_text
 from ..data.tasks import TaskSpec, validate_tasks
 from ..metrics.evaluate import evaluate
 from ..models.factory import save_model
@@ -71,26 +71,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63 - 1)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _jsonable(x):
@@ -261,11 +243,11 @@ class Trainer:
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.out_dir / TRAIN_CONFIG_NAME, json.dumps(self.config, indent=2))
+        atomic_write_text(self.out_dir / TRAIN_CONFIG_NAME, json.dumps(self.config, indent=2))
         save_model(self.model, self.out_dir)
         _atomic_torch_save(self.state_dict(), self.out_dir / CHECKPOINT_NAME)
         final = self.history[-1].get("test") if self.history else None
-        _atomic_write_text(self.out_dir / METRICS_NAME,
+        atomic_write_text(self.out_dir / METRICS_NAME,
                            json.dumps(_jsonable({"epochs": self.history, "final": final}), indent=2))
 
     # ---- loops ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..atomic import atomic_write, atomic_write_text
+from ..data.imageio import atomic_save_npy
 from ..data.tasks import TaskSpec
 from .fitting import FitConfig, fit_generator
-from .generator import MTLUEGenerator, atomic_write_text
+from .generator import MTLUEGenerator
 from .patterns import ClasswisePatterns
 from .protect import (DEFENSES, ProtectedDataset, generator_protector, pattern_protector, protect_images,
                       table_protector)
@@ -78,13 +80,6 @@ class ProtectionConfig:
                 raise ValueError(f"unknown defense {d!r}; expected one of {tuple(DEFENSES)}")
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-
-
 def _primary_metric(spec: TaskSpec) -> str:
     return "accuracy" if spec.kind in ("binary", "multiclass") else spec.metrics[0]
 
@@ -124,10 +119,7 @@ class ProtectionBenchmark:
                                           device=self.cfg.device, n_snapshots=self.cfg.sep_checkpoints,
                                           progress=self.cfg.progress)
             snaps = [{k: v.cpu() for k, v in s.items()} for s in snaps]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(".tmp-" + path.name)
-            torch.save({"snapshots": snaps}, tmp)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: torch.save({"snapshots": snaps}, tmp))
         sur.eval()
         self._clean_sur, self._snaps = sur, snaps
         return sur, snaps
@@ -190,7 +182,7 @@ class ProtectionBenchmark:
             protect = method.split(":")[1].split("+") if ":" in method else None
             arr = protect_images(self.train_set, generator_protector(gen, protect, cfg.device), eps, desc=method,
                                  progress=cfg.progress)
-        _save_npy(cache, arr)
+        atomic_save_npy(cache, arr)
         return arr
 
     # --- victims ---------------------------------------------------------------------------------
@@ -308,13 +300,10 @@ def perturbation_grid(clean: np.ndarray, protected: dict[str, np.ndarray], path:
                 axes[2 * r, 0].set_ylabel(f"{name}\nδ", fontsize=7)
                 axes[2 * r + 1, 0].set_ylabel("x+δ", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write_report(results: dict, bench: ProtectionBenchmark, stem: str | os.PathLike, command: str,

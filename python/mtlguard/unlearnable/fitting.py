@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +33,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from ..atomic import atomic_write, atomic_write_text
 from .augment import differentiable_augment
 from .base_losses import BASE_LOSSES, base_loss, classification_accuracy
-from .generator import MTLUEGenerator, atomic_write_text
+from .generator import MTLUEGenerator
 from .regularizers import LAMBDA_INTER, LAMBDA_INTRA, inter_er, intra_er
 from .surrogate import ensemble_from_snapshots, infinite_batches, make_loader, to_device, train_step
 
@@ -73,14 +73,7 @@ class FitResult:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 @torch.no_grad()

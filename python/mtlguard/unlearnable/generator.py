@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -35,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..atomic import atomic_write, atomic_write_text
 from ..data.tasks import TaskSpec, validate_tasks
 
 EMB_CHANNELS = 16
@@ -306,14 +306,7 @@ class MTLUEGenerator(nn.Module):
         cfg = self.config()
         if extra:
             cfg["extra"] = dict(extra)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={"format": "mtlguard.MTLUEGenerator"})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "mtlguard.MTLUEGenerator"}))
         atomic_write_text(_config_path(path), json.dumps(cfg, indent=2))
         return path
 
@@ -353,15 +346,3 @@ def _config_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
