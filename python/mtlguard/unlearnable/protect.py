@@ -25,21 +25,9 @@ from ..data.tasks import TaskSpec
 from .generator import MTLUEGenerator
 from .patterns import ClasswisePatterns
 from .quantize import check_linf_bound, quantize_protected
-from .surrogate import make_loader
+from .surrogate import Indexed, make_loader
 
 Protector = Callable[[torch.Tensor, Mapping[str, torch.Tensor], torch.Tensor], torch.Tensor]
-
-
-class _Indexed(Dataset):
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        x, y = self.ds[i]
-        return x, y, i
 
 
 def generator_protector(gen: MTLUEGenerator, protect_tasks: Sequence[str] | None = None, device="cpu") -> Protector:
@@ -100,7 +88,7 @@ def protect_images(dataset: Dataset, protector: Protector, eps: float | None = 8
 
     n = len(dataset)
     out = None
-    for x, targets, idx in tqdm(make_loader(_Indexed(dataset), batch_size, 0, shuffle=False), desc=desc,
+    for x, targets, idx in tqdm(make_loader(Indexed(dataset), batch_size, 0, shuffle=False), desc=desc,
                                 disable=not progress, leave=False):
         delta = protector(x, targets, idx).detach().cpu().float()
         src = torch.from_numpy(np.stack([_source_uint8(dataset, int(i)) for i in idx])).permute(0, 3, 1, 2)

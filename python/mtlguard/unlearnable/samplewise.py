@@ -24,19 +24,7 @@ from torch.utils.data import Dataset
 from .. import ops
 from ..data.tasks import TaskSpec
 from .base_losses import base_loss, classification_accuracy
-from .surrogate import make_loader, to_device, train_step
-
-
-class _Indexed(Dataset):
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        x, y = self.ds[i]
-        return x, y, i
+from .surrogate import Indexed, make_loader, to_device, train_step
 
 
 def _pgd(models, tasks, base, x, targets, delta0, steps, step_size, eps):
@@ -66,7 +54,7 @@ def samplewise_tap(models: Sequence[nn.Module], tasks: Sequence[TaskSpec], datas
         for p in m.parameters():
             p.requires_grad_(False)
     deltas = torch.zeros((len(dataset),) + _sample_shape(dataset))
-    loader = make_loader(_Indexed(dataset), batch_size, 0, shuffle=False)
+    loader = make_loader(Indexed(dataset), batch_size, 0, shuffle=False)
     for x, targets, idx in tqdm(loader, desc=f"sample-wise {base.upper()}", disable=not progress, leave=False):
         x = x.to(device)
         targets = to_device(targets, device)
@@ -87,14 +75,14 @@ def samplewise_em(model: nn.Module, tasks: Sequence[TaskSpec], dataset: Dataset,
     rng = torch.Generator().manual_seed(seed)
     history = []
     for rnd in range(max_rounds):
-        batches = iter(make_loader(_Indexed(dataset), batch_size, seed + 1000 + rnd))
+        batches = iter(make_loader(Indexed(dataset), batch_size, seed + 1000 + rnd))
         for p in model.parameters():
             p.requires_grad_(True)
         for _ in range(train_steps):
             try:
                 x, targets, idx = next(batches)
             except StopIteration:
-                batches = iter(make_loader(_Indexed(dataset), batch_size, seed + 2000 + rnd))
+                batches = iter(make_loader(Indexed(dataset), batch_size, seed + 2000 + rnd))
                 x, targets, idx = next(batches)
             x = (x + deltas[idx]).clamp(0, 1).to(device)
             train_step(model, tasks, opt, x, to_device(targets, device), True, rng)
@@ -103,7 +91,7 @@ def samplewise_em(model: nn.Module, tasks: Sequence[TaskSpec], dataset: Dataset,
             p.requires_grad_(False)
         correct, n = 0.0, 0
         cls = [t for t in tasks if t.is_classification]
-        for x, targets, idx in tqdm(make_loader(_Indexed(dataset), batch_size, 0, shuffle=False),
+        for x, targets, idx in tqdm(make_loader(Indexed(dataset), batch_size, 0, shuffle=False),
                                     desc=f"sample-wise EM round {rnd + 1}", disable=not progress, leave=False):
             x = x.to(device)
             targets = to_device(targets, device)

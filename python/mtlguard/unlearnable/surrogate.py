@@ -30,6 +30,20 @@ def build_surrogate(tasks: Sequence[TaskSpec], in_channels: int = 3, image_size:
     return build_model(tasks, arch=arch, in_channels=in_channels, image_size=size, pretrained=False)
 
 
+class Indexed(Dataset):
+    """Wrap a dataset so items are ``(image, targets, index)``: per-sample results can be stored by index."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return x, y, i
+
+
 def make_loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False) -> DataLoader:
     """Deterministic single-process loader (shuffle order fixed by ``seed``)."""
     g = torch.Generator().manual_seed(int(seed))
