@@ -69,7 +69,7 @@ def run(args) -> int:
     res = fit_generator(gen, ds, sur, cfg, snapshots=snaps if args.base == "sep" else None, out_dir=out,
                         device=args.device, progress=not args.no_progress)
     path = gen.save(out / "generator.safetensors",
-                    extra={"command": command_line(), "fit": cfg.__dict__, "rounds": res.rounds,
+                    extra={"command": command_line(args), "fit": cfg.__dict__, "rounds": res.rounds,
                            "stopped_early": res.stopped_early, "data": args.data, "subset": args.subset})
     print(json.dumps({"generator": str(path), "rounds": res.rounds, "stopped_early": res.stopped_early,
                       "last": res.history[-1] if res.history else None}, indent=2))

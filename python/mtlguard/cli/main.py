@@ -50,7 +50,9 @@ def _info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the exact command, recorded in reports (see unlearnable.cli_common.command_line)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

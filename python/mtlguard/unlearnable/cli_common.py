@@ -48,5 +48,9 @@ def load_split(args, split: str, subset: int | None):
     return ds
 
 
-def command_line() -> str:
-    return "mtlguard " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def command_line(args: argparse.Namespace | None = None) -> str:
+    """The command that produced a result: ``mtlguard`` + the arguments ``main`` parsed (``sys.argv`` if unknown)."""
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        argv = sys.argv[1:]
+    return "mtlguard " + " ".join(shlex.quote(a) for a in argv)

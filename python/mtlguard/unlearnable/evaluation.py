@@ -11,7 +11,10 @@ Method names (rows of Table 2):
   get the mean embedding); the generator of ``mtl-ue-tap`` is reused.
 
 Defenses (Table 12): ``none``, ``jpeg`` (quality 10), ``grayscale``, ``bdr`` (2 bits), applied once to
-the protected training images.  Everything is cached under ``out_dir`` (protected images ``.npy``,
+the protected training images; ``at`` trains the victims adversarially instead (Madry PGD-AT with the
+GB-MTA direction: :class:`mtlguard.attacks.FATPerturb` with ``tau = steps``, i.e. no early stop, L-inf
+``at_eps``, ``at_steps`` steps of ``2.5 * at_eps / at_steps``; the paper has no AT table, this follows
+REM's question of whether AT recovers learnability).  Everything is cached under ``out_dir`` (protected images ``.npy``,
 generators, victim checkpoints) so an interrupted run resumes.
 """
 from __future__ import annotations
@@ -55,6 +58,7 @@ class ProtectionConfig:
     victim_batch_size: int = 128     # paper: 512
     victim_lr: float = 1e-3
     stl: bool = True
+    stl_methods: Sequence[str] | None = None  # rows (method[ + defense] keys or methods) with STL victims; None = all
     surrogate_epochs: int = 10       # clean surrogate for TAP / SEP (paper: 60)
     sep_checkpoints: int = 15
     gen_epochs: int = 10             # R of Alg. 1 (paper: 60)
@@ -64,6 +68,8 @@ class ProtectionConfig:
     em_rounds: int = 10
     tap_steps: int = 250             # sample-wise TAP / SEP PGD steps (paper: 250 of 0.064/255)
     tap_step_size: float = 0.064 / 255
+    at_eps: float = 4 / 255          # victims' adversarial training (defense "at")
+    at_steps: int = 5
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -75,13 +81,33 @@ class ProtectionConfig:
                 raise ValueError(f"unknown protection method {m!r}; expected one of {METHODS} (partial: 'mtl-ue-tap:age+race')")
             if ":" in m and base not in MTLUE:
                 raise ValueError(f"method {m!r}: task selection ':' is only for MTL-UE methods")
+        unknown = [m for m in (self.stl_methods or ()) if m.split(" + ")[0] not in self.methods]
+        if unknown:
+            raise ValueError(f"stl_methods {unknown} are not among the methods {tuple(self.methods)}")
         for d in self.defenses:
-            if d not in DEFENSES:
-                raise ValueError(f"unknown defense {d!r}; expected one of {tuple(DEFENSES)}")
+            if d not in DEFENSES and d != "at":
+                raise ValueError(f"unknown defense {d!r}; expected one of {tuple(DEFENSES) + ('at',)}")
+        if "at" in self.defenses and not (0 < self.at_eps <= 1 and self.at_steps >= 1):
+            raise ValueError(f"adversarial training needs 0 < at_eps <= 1 and at_steps >= 1, got "
+                             f"at_eps={self.at_eps}, at_steps={self.at_steps}")
 
 
 def _primary_metric(spec: TaskSpec) -> str:
     return "accuracy" if spec.kind in ("binary", "multiclass") else spec.metrics[0]
+
+
+def majority_rates(dataset: Dataset, tasks: Sequence[TaskSpec]) -> dict[str, float]:
+    """Accuracy of always predicting the most frequent class, per classification task of ``dataset``
+    (the floor that "unlearnable" aims at: a victim that learned nothing transferable scores about this)."""
+    names = [t.name for t in tasks if t.kind in ("binary", "multiclass")]
+    counts: dict[str, dict[int, int]] = {n: {} for n in names}
+    get = getattr(dataset, "targets", None)
+    for i in range(len(dataset)):
+        tg = get(i) if callable(get) else dataset[i][1]
+        for n in names:
+            c = int(torch.as_tensor(tg[n]).reshape(-1)[0])
+            counts[n][c] = counts[n].get(c, 0) + 1
+    return {n: max(c.values()) / sum(c.values()) for n, c in counts.items() if c}
 
 
 class ProtectionBenchmark:
@@ -186,7 +212,16 @@ class ProtectionBenchmark:
         return arr
 
     # --- victims ---------------------------------------------------------------------------------
-    def train_victim(self, train_ds: Dataset, tasks: Sequence[TaskSpec], out_dir: Path) -> dict:
+    def adversarial_perturb(self, tasks: Sequence[TaskSpec]):
+        """The trainer's ``perturb`` hook for defense ``at`` (PGD-AT along the GB-MTA direction)."""
+        from ..attacks import FATPerturb
+
+        cfg = self.cfg
+        return FATPerturb(tasks, eps=cfg.at_eps, steps=cfg.at_steps, step_size=2.5 * cfg.at_eps / cfg.at_steps,
+                          tau=cfg.at_steps, aggregation="gbmta")
+
+    def train_victim(self, train_ds: Dataset, tasks: Sequence[TaskSpec], out_dir: Path,
+                     adversarial: bool = False) -> dict:
         from ..models import build_model
         from ..training import train
 
@@ -197,7 +232,8 @@ class ProtectionBenchmark:
         model = build_model(tasks, arch=self.cfg.arch, in_channels=self.channels, image_size=self.size[0])
         res = train(model, tasks, train_ds, self.test_set, weighting="ls", epochs=self.cfg.victim_epochs,
                     lr=self.cfg.victim_lr, batch_size=self.cfg.victim_batch_size, out_dir=out_dir, seed=self.cfg.seed,
-                    device=self.cfg.device, resume=True, progress=self.cfg.progress, eval_every=self.cfg.victim_epochs)
+                    device=self.cfg.device, resume=True, progress=self.cfg.progress, eval_every=self.cfg.victim_epochs,
+                    perturb=self.adversarial_perturb(tasks) if adversarial else None)
         final = res["final"]
         out = {t.name: float(final[t.name][_primary_metric(t)]) for t in tasks}
         if len(tasks) > 1:
@@ -217,24 +253,28 @@ class ProtectionBenchmark:
         cfg = self.cfg
         results: dict = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                          "tasks": [t.name for t in self.tasks], "image_size": list(self.size),
-                         "train_size": len(self.train_set), "test_size": len(self.test_set), "rows": {}}
+                         "train_size": len(self.train_set), "test_size": len(self.test_set),
+                         "majority": majority_rates(self.test_set, self.tasks), "rows": {}}
         for method in cfg.methods:
             t0 = time.time()
             arr = self.protected_images(method)
             src = self.protected_images("clean")
             diff = np.abs(arr.astype(np.int16) - src.astype(np.int16))
             for defense in cfg.defenses:
-                key = method if defense == "none" else f"{method} + ISS-{defense}"
-                ds = ProtectedDataset(self.train_set, DEFENSES[defense](arr))
+                key = (method if defense == "none" else
+                       f"{method} + AT-{cfg.at_eps * 255:g}" if defense == "at" else f"{method} + ISS-{defense}")
+                adversarial = defense == "at"
+                ds = ProtectedDataset(self.train_set, arr if adversarial else DEFENSES[defense](arr))
                 vdir = self.out / "victims" / key.replace(" ", "").replace(":", "_").replace("+", "_")
                 row = {"method": method, "defense": defense,
                        "linf_uint8": int(diff.max()),
                        "l2_mean": float(np.sqrt(((diff.astype(np.float64) / 255) ** 2).reshape(len(arr), -1).sum(1)).mean())}
-                row["mtl"] = self.train_victim(ds, self.tasks, vdir / "mtl")
-                if cfg.stl:
+                row["mtl"] = self.train_victim(ds, self.tasks, vdir / "mtl", adversarial)
+                if cfg.stl and (cfg.stl_methods is None or key in cfg.stl_methods or
+                                (defense == "none" and method in cfg.stl_methods)):
                     row["stl"] = {}
                     for t in self.tasks:
-                        row["stl"].update(self.train_victim(ds, (t,), vdir / f"stl-{t.name}"))
+                        row["stl"].update(self.train_victim(ds, (t,), vdir / f"stl-{t.name}", adversarial))
                 row["seconds"] = round(time.time() - t0, 1)
                 results["rows"][key] = row
                 atomic_write_text(self.out / "results_partial.json", json.dumps(results, indent=2))
@@ -258,6 +298,11 @@ def markdown_table(results: dict) -> str:
             cells += [f"{100 * vals[t]:.2f}" if t in vals else "-" for t in tasks]
             cells.append(f"{np.mean(nums):.2f}" if len(nums) == len(tasks) else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    maj = results.get("majority") or {}
+    if all(t in maj for t in tasks):
+        nums = [100 * maj[t] for t in tasks]
+        cells = [f"{v:.2f}" for v in nums] + [f"{np.mean(nums):.2f}"]
+        lines.append("| *majority class (test)* | " + " | ".join(cells * (2 if has_stl else 1)) + " |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,86 @@
+"""``mtlguard evaluate-protection`` end to end on a few real UTKFace images: every row of the report
+(clean, a surrogate-free baseline, MTL-UE-TAP, partial protection, an ISS defense, adversarially
+trained victims) is produced, bounded, cached and resumed, and bad options fail with a clear error."""
+import json
+
+import pytest
+
+from mtlguard.cli.main import main
+
+METHODS = "clean,mtl-ue-tap,mtl-ue-tap:age+race"
+
+
+def _cmd(root, tmp_path, *extra):
+    return ["evaluate-protection", "--data", "utkface", "--root", str(root), "--image-size", "16",
+            "--subset", "16", "--test-subset", "12", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+            "--methods", METHODS, "--defenses", "none,at", "--at-eps", "2", "--at-steps", "1",
+            "--victim-epochs", "1", "--victim-batch-size", "16", "--gen-epochs", "1", "--gen-batch-size", "16",
+            "--surrogate-epochs", "1", "--sep-checkpoints", "1", "--stl-methods", "mtl-ue-tap:age+race",
+            "--out", str(tmp_path / "rep"), "--prefix", "p", "--work", str(tmp_path / "work"), *extra]
+
+
+def test_evaluate_protection_rows_bounds_and_resume(utkface_root, tmp_path, capsys):
+    assert main(_cmd(utkface_root, tmp_path)) == 0
+    paths = json.loads(capsys.readouterr().out)
+    res = json.loads(open(paths["json"]).read())
+    rows = res["rows"]
+    expected = {m if d == "none" else f"{m} + {d}" for m in METHODS.split(",")
+                for d in ("none", "AT-2")}
+    assert set(rows) == expected
+    for key, row in rows.items():
+        assert set(row["mtl"]) >= {"age", "gender", "race"}, key
+        assert all(0.0 <= row["mtl"][t] <= 1.0 for t in ("age", "gender", "race")), key
+    # STL victims only for the selected row (without defense)
+    assert [k for k, r in rows.items() if "stl" in r] == ["mtl-ue-tap:age+race"]
+    assert set(rows["mtl-ue-tap:age+race"]["stl"]) == {"age", "gender", "race"}
+    # the generator rows respect the L-inf bound on the stored uint8 images; the clean row is unchanged
+    assert rows["clean"]["linf_uint8"] == 0
+    for m in ("mtl-ue-tap", "mtl-ue-tap:age+race"):
+        assert 0 < rows[m]["linf_uint8"] <= 8, m
+    assert set(res["majority"]) == {"age", "gender", "race"} and all(0 < v <= 1 for v in res["majority"].values())
+    # adversarially trained victims really used the PGD-AT hook
+    at_cfg = json.loads((tmp_path / "work" / "victims" / "clean_AT-2" / "mtl" / "train_config.json").read_text())
+    assert at_cfg["perturb"] == "FATPerturb"
+    md = open(paths["md"]).read()
+    assert "Command: `mtlguard evaluate-protection --data utkface" in md and "| mtl-ue-tap + AT-2 |" in md and "majority class (test)" in md
+    assert (tmp_path / "rep" / "p.png").stat().st_size > 0
+
+    # resume: a second identical call reuses every cached generator / victim and reports the same numbers
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "work").rglob("result.json")}
+    assert len(mtimes) == len(expected) + 3
+    assert main(_cmd(utkface_root, tmp_path)) == 0
+    again = json.loads(open(json.loads(capsys.readouterr().out)["json"]).read())
+    assert {k: r["mtl"] for k, r in again["rows"].items()} == {k: r["mtl"] for k, r in rows.items()}
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+@pytest.mark.parametrize("bad, match", [
+    (["--defenses", "none,blur"], "unknown defense 'blur'"),
+    (["--methods", "clean,ar-patch:age"], "only for MTL-UE"),
+    (["--defenses", "at", "--at-steps", "0"], "at_steps"),
+    (["--stl-methods", "clean,lsp-patch"], "'lsp-patch'.* not among the methods"),
+])
+def test_evaluate_protection_rejects_bad_options(utkface_root, tmp_path, bad, match):
+    args = _cmd(utkface_root, tmp_path)
+    for i in range(0, len(bad), 2):
+        j = args.index(bad[i]) if bad[i] in args else None
+        if j is None:
+            args += bad[i:i + 2]
+        else:
+            args[j + 1] = bad[i + 1]
+    with pytest.raises(SystemExit, match=match):
+        main(args)
+    assert not (tmp_path / "work").exists()
+
+
+def test_majority_rates_hand_computed():
+    import torch
+
+    from mtlguard.data.tasks import TaskSpec
+    from mtlguard.unlearnable.evaluation import majority_rates
+
+    tasks = (TaskSpec("a", "multiclass", 3), TaskSpec("b", "binary"), TaskSpec("d", "depth"))
+    a, b = [0, 2, 2, 1, 2], [1, 0, 0, 0, 1]
+    items = [(torch.zeros(3, 4, 4), {"a": torch.tensor(x), "b": torch.tensor(float(y)), "d": torch.zeros(1, 4, 4)})
+             for x, y in zip(a, b)]
+    assert majority_rates(items, tasks) == {"a": 3 / 5, "b": 3 / 5}
