@@ -32,18 +32,18 @@ import numpy as np
 class ProtectWorker:
     """Ray Data actor: one inference session, protects a batch of files end to end."""
 
-    def __init__(self, in_root, out_root, model, backend, device, quality, png_level, max_pixels, decoder,
+    def __init__(self, in_root, out_root, model, backend, device, quality, png, max_pixels, decoder,
                  passthrough, threads):
         from .backends import load_backend
 
         self.in_root, self.out_root = Path(in_root), Path(out_root)
         self.be = None if passthrough else load_backend(model, backend, device, threads)
-        self.quality, self.png_level, self.max_pixels, self.decoder = quality, png_level, max_pixels, decoder
+        self.quality, self.png, self.max_pixels, self.decoder = quality, tuple(png), max_pixels, decoder
 
     def __call__(self, batch: dict) -> dict:
         from .imageio import DecodeError, decode_file
         from .perturb import model_input
-        from .pipeline import Item, process_one
+        from .pipeline import Item, process_chunk
 
         facts = self.be.facts if self.be is not None else None
         size = tuple(facts.image_size) if facts else None
@@ -68,13 +68,15 @@ class ProtectWorker:
             deltas = self.be.run(np.stack([g[2] for g in good]), np.stack([g[0].labels for g in good]))
             infer_s = time.perf_counter() - t
         eps = facts.eps if facts else 0.0
-        for (item, dec, _, dt), d in zip(good, deltas):
-            try:
-                r = process_one(item, dec, d, eps, self.out_root, self.in_root, self.quality, self.png_level)
-                enc = r.pop("encode_s")
-                self._emit(out, item, True, "", r["max_abs"], r, dt, infer_s / len(good), enc)
-            except Exception as e:  # noqa: BLE001
-                self._emit(out, item, False, f"encode/write failed: {type(e).__name__}: {e}", 0, {}, dt, 0.0, 0.0)
+        t = time.perf_counter()
+        done = process_chunk([g[0] for g in good], [g[1] for g in good], None if self.be is None else deltas, eps,
+                             self.out_root, self.in_root, self.quality, *self.png)
+        enc_each = (time.perf_counter() - t) / max(1, len(good))
+        for (item, _, _, dt), (_, r, err) in zip(good, done):
+            if err is None:
+                self._emit(out, item, True, "", r["max_abs"], r, dt, infer_s / len(good), enc_each)
+            else:
+                self._emit(out, item, False, err, 0, {}, dt, 0.0, 0.0)
         return {k: np.asarray(v) for k, v in out.items()}
 
     @staticmethod
@@ -90,7 +92,7 @@ class ProtectWorker:
         out["encode_s"].append(enc_s)
 
 
-def run_ray(todo, in_root, out_root, model_path, backend, device, batch_size, workers, quality, png_level,
+def run_ray(todo, in_root, out_root, model_path, backend, device, batch_size, workers, quality, png,
             max_pixels, decoder, passthrough, address=None, threads=None):
     """Run ``todo`` (pipeline Items) on Ray; returns ``(results, failures, (decode_s, infer_s, encode_s))``."""
     try:
@@ -112,7 +114,7 @@ def run_ray(todo, in_root, out_root, model_path, backend, device, batch_size, wo
         ProtectWorker,
         fn_constructor_kwargs=dict(in_root=str(in_root), out_root=str(out_root),
                                    model=str(model_path) if model_path else None, backend=backend, device=device,
-                                   quality=quality, png_level=png_level, max_pixels=max_pixels, decoder=decoder,
+                                   quality=quality, png=tuple(png), max_pixels=max_pixels, decoder=decoder,
                                    passthrough=passthrough, threads=threads or 1),
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=max(1, workers)),

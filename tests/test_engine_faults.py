@@ -117,7 +117,7 @@ def test_resume_after_sigkill_finishes_without_duplicates_or_partials(utkface_ro
     total = len(list(src.rglob("*.jpg")))
     out = tmp_path / "out"
     args = ["protect", "--model", str(exported_onnx()), "--input", str(src), "--output", str(out),
-            "--dataset", "utkface", "--batch-size", "2", "--workers", "1", "--png-level", "9", "--no-progress"]
+            "--dataset", "utkface", "--batch-size", "2", "--workers", "1", "--png-compression", "9", "--no-progress"]
     proc = _run_cli(args)
     deadline = time.time() + 90
     while time.time() < deadline and len(list(out.rglob("*.png"))) < 6 and proc.poll() is None:
@@ -130,7 +130,7 @@ def test_resume_after_sigkill_finishes_without_duplicates_or_partials(utkface_ro
     (out / f".{sorted(src.glob('*.jpg'))[-1].with_suffix('.png').name}{TMP_MARK}99999-1").write_bytes(b"partial")
     with open(out / STATE_DIR / "journal.jsonl", "a") as f:
         f.write('{"file": "torn')
-    rep = protect_directory(src, out, model=exported_onnx(), dataset="utkface", batch_size=8, png_level=9,
+    rep = protect_directory(src, out, model=exported_onnx(), dataset="utkface", batch_size=8, png_compression=9,
                             progress=False)
     assert rep["failed"] == 0 and rep["done"] + rep["skipped"] == total and rep["skipped"] >= 1
     assert any(TMP_MARK in p for p in rep["partials_removed"])
@@ -138,11 +138,11 @@ def test_resume_after_sigkill_finishes_without_duplicates_or_partials(utkface_ro
     assert outs == sorted(p.relative_to(src).with_suffix(".png").as_posix() for p in src.rglob("*.jpg"))
     # identical to an uninterrupted run
     ref = tmp_path / "ref"
-    protect_directory(src, ref, model=exported_onnx(), dataset="utkface", batch_size=8, png_level=9, progress=False)
+    protect_directory(src, ref, model=exported_onnx(), dataset="utkface", batch_size=8, png_compression=9, progress=False)
     for rel in outs:
         assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
     # a second rerun does nothing
-    again = protect_directory(src, out, model=exported_onnx(), dataset="utkface", png_level=9, progress=False)
+    again = protect_directory(src, out, model=exported_onnx(), dataset="utkface", png_compression=9, progress=False)
     assert again["done"] == 0 and again["skipped"] == total
 
 
