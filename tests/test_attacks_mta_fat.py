@@ -45,6 +45,47 @@ def test_scale_to_ball_is_the_min_one_eps_over_norm_map():
     torch.testing.assert_close(out, torch.tensor([[0.25, -1.0], [0.01, 0.02]]))  # only the big one is scaled
 
 
+def test_tanh_head_can_use_the_full_linf_budget_and_linear_head_cannot_without_flat_output():
+    """Pi_eps divides by the largest entry, so only a saturating head reaches +-eps on every pixel
+    (the ResNet generator's tanh, MTA Sec. 3.1 / GAP); a linear head leaves most pixels far below eps."""
+    eps = 8 / 255
+    x = torch.rand(2, 3, 8, 8)
+    used = {}
+    for output in ("tanh", "linear"):
+        torch.manual_seed(0)
+        g = MTAGenerator(TASKS, image_size=8, eps=eps, ngf=4, n_blocks=1, output=output).eval()
+        assert g.config()["output"] == output
+        assert isinstance(g.decoders[0][-1], nn.Tanh) == (output == "tanh")
+        with torch.no_grad():  # large pre-activations: what training does to reach the ball's corners
+            for dec in g.decoders:
+                dec[-1 if output == "linear" else -2].weight.mul_(1e4)
+            v = g(x)[0]
+        assert float(v.abs().max()) <= eps * (1 + 1e-5)
+        used[output] = float(v.abs().mean()) / eps
+    assert used["tanh"] > 0.9  # saturated: v = +-eps almost everywhere (seeds 0-4: 0.92-1.0)
+    assert used["linear"] < 0.6  # the same scaling of a linear output: only the max entry reaches eps (0.28-0.48)
+
+
+def test_generators_saved_without_output_option_load_as_linear(tmp_path):
+    import json
+
+    g = MTAGenerator(TASKS, image_size=8, ngf=4, n_blocks=1, output="linear").eval()
+    path = tmp_path / "old.safetensors"
+    g.save(path)
+    cfg_path = tmp_path / "old.safetensors.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["output"]  # a config written before the option existed
+    cfg_path.write_text(json.dumps(cfg))
+    g2 = MTAGenerator.load(path).eval()
+    assert g2.config()["output"] == "linear"
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        for a, b in zip(g(x), g2(x)):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="output"):
+        MTAGenerator(TASKS, image_size=8, output="sigmoid")
+
+
 def test_generator_rejects_bad_config():
     with pytest.raises(ValueError, match="multiples of 4"):
         MTAGenerator(TASKS, image_size=10)
@@ -60,8 +101,19 @@ def test_training_raises_the_fooling_objective_and_resumes(tmp_path):
     with torch.no_grad():
         before, per0 = fooling_losses(g, TASKS, victim, x, y)
     loader = [(x, y)] * 4
-    logs = train_mta(g, TASKS, victim, loader, epochs=2, lr=2e-3, out_dir=tmp_path, progress=False, max_steps=None)
-    assert len(logs) == 2
+    seen = []
+
+    def on_epoch_end(gen, log):
+        assert gen is g and log["epoch"] == len(seen) + 1
+        seen.append(gen.training)
+        gen.eval()  # an evaluation inside the hook; training must go on in train mode
+        with torch.no_grad():
+            return {"val": float(fooling_losses(gen, TASKS, victim, x, y)[0])}
+
+    logs = train_mta(g, TASKS, victim, loader, epochs=2, lr=2e-3, out_dir=tmp_path, progress=False, max_steps=None,
+                     on_epoch_end=on_epoch_end)
+    assert len(logs) == 2 and len(seen) == 2
+    assert all("val" in entry for entry in logs)  # the hook's dict is merged into the epoch log
     with torch.no_grad():
         after, per1 = fooling_losses(g, TASKS, victim, x, y)
     assert float(after) < float(before)  # -log(task loss) went down: the task losses went up (Eq. 2-3)
@@ -98,6 +150,10 @@ def test_independent_single_task_victims_and_evaluation():
     for name in ("age", "gender"):
         r = res["per_task"][name]
         assert 0.0 <= r["fooling_ratio"] <= 1.0 and 0.0 <= r["acc_adv"] <= 1.0
+        with torch.no_grad():
+            v = dict(zip(g.task_names, g.eval()(x)))[name]
+        assert r["budget_use"] == pytest.approx(float(v.abs().mean()) / (64 / 255), rel=1e-5)
+        assert 0.0 < r["budget_use"] <= 1.0 + 1e-6
     assert res["images"] == 4 and res["seconds_per_image"] > 0
 
 

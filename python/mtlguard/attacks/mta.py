@@ -2,8 +2,15 @@
 
 Architecture (Sec. 3.1, Fig. 2): a ResNet generator (as in GAP) split into a **shared encoder** ``f``
 (7x7 conv, two stride-2 downsampling convs, ``n_blocks`` residual blocks) and one **decoder** ``g_t``
-per task (two stride-2 transposed convs, 7x7 conv).  The decoder output is scaled by the map
-``Pi_eps(v) = v * min(1, eps / ||v||_p)`` (footnote 1), so every perturbation has ``||v_t||_p <= eps``.
+per task (two stride-2 transposed convs, 7x7 conv, ``tanh`` as in the ResNet generator of GAP / Johnson
+et al. that MTA adopts).  The decoder output is scaled by the map ``Pi_eps(v) = v * min(1, eps / ||v||_p)``
+(footnote 1), so every perturbation has ``||v_t||_p <= eps``.
+
+Why the ``tanh`` matters for ``p = inf``: ``Pi_eps`` divides by the *largest* entry, so only that entry
+reaches ``eps``; a linear head (``output="linear"``, the behaviour of generators saved before the
+``output`` option existed) must learn a perfectly flat ``|g_t|`` to use the budget, while a saturating
+``tanh`` head reaches ``v = +-eps`` everywhere (the FGSM-like corner of the ball) by growing its
+pre-activations.  :func:`evaluate_mta` reports the used budget ``mean |v| / eps``.
 
 * ``mode="instance"``: input = the image, ``v_t^i = Pi_eps(g_t(f(x^i)))``; ``f(x)`` is computed once and
   decoded by all tasks (Sec. 3.2).
@@ -30,7 +37,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -41,6 +48,8 @@ from ..models.losses import task_loss
 from .base import eval_mode_frozen
 
 _LOG_FLOOR = 1e-12
+#: decoder heads: ``tanh`` (ResNet generator of GAP / Johnson et al.) or ``linear`` (pre-``output`` generators)
+OUTPUTS = ("tanh", "linear")
 
 
 def _norm_layer(kind: str, ch: int) -> nn.Module:
@@ -82,11 +91,12 @@ class MTAGenerator(nn.Module):
         ngf: base width; n_blocks: residual blocks in the shared encoder (6 in MTA's Office-31 runs).
         norm_layer: ``"batch"`` (GAP) or ``"instance"``.
         seed: seed of the universal patterns ``Z_t``.
+        output: decoder head, ``"tanh"`` (ResNet generator, default) or ``"linear"`` (no activation).
     """
 
     def __init__(self, tasks: Sequence[str | TaskSpec], in_channels: int = 3, image_size=(64, 64),
                  eps: float = 8 / 255, norm: str = "linf", mode: str = "instance", ngf: int = 32,
-                 n_blocks: int = 6, norm_layer: str = "batch", seed: int = 0) -> None:
+                 n_blocks: int = 6, norm_layer: str = "batch", seed: int = 0, output: str = "tanh") -> None:
         super().__init__()
         names = [t.name if isinstance(t, TaskSpec) else str(t) for t in tasks]
         if not names or len(set(names)) != len(names):
@@ -100,10 +110,12 @@ class MTAGenerator(nn.Module):
             raise ValueError(f"MTAGenerator: norm must be 'linf' or 'l2', got {norm!r}")
         if mode not in ("instance", "universal"):
             raise ValueError(f"MTAGenerator: mode must be 'instance' or 'universal', got {mode!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"MTAGenerator: output must be one of {OUTPUTS}, got {output!r}")
         self.task_names = tuple(names)
         self._config = dict(tasks=list(names), in_channels=int(in_channels), image_size=[h, w], eps=float(eps),
                             norm=norm, mode=mode, ngf=int(ngf), n_blocks=int(n_blocks), norm_layer=norm_layer,
-                            seed=int(seed))
+                            seed=int(seed), output=output)
         self.eps, self.norm, self.mode = float(eps), norm, mode
         c = int(in_channels)
         enc = [nn.ReflectionPad2d(3), nn.Conv2d(c, ngf, 7), _norm_layer(norm_layer, ngf), nn.ReLU(True)]
@@ -118,7 +130,7 @@ class MTAGenerator(nn.Module):
             for mult in (4, 2):  # upsampling
                 dec += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
                         _norm_layer(norm_layer, ngf * mult // 2), nn.ReLU(True)]
-            dec += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, c, 7)]
+            dec += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, c, 7)] + ([nn.Tanh()] if output == "tanh" else [])
             self.decoders.append(nn.Sequential(*dec))
         g = torch.Generator().manual_seed(int(seed))
         self.register_buffer("patterns", torch.rand((len(names), c, h, w), generator=g))
@@ -164,7 +176,9 @@ class MTAGenerator(nn.Module):
         cfg_path = path.with_suffix(path.suffix + ".json")
         if not path.is_file() or not cfg_path.is_file():
             raise FileNotFoundError(f"MTA generator {path} (and its config {cfg_path}) not found")
-        gen = cls(**json.loads(cfg_path.read_text()))
+        cfg = json.loads(cfg_path.read_text())
+        cfg.setdefault("output", "linear")  # generators saved before the option had no tanh head
+        gen = cls(**cfg)
         gen.load_state_dict(load_file(str(path), device=map_location))
         return gen
 
@@ -172,7 +186,11 @@ class MTAGenerator(nn.Module):
 # ---------------------------------------------------------------------- victims and losses
 def _victim_output(victims, spec: TaskSpec, x: torch.Tensor) -> torch.Tensor:
     model = victims[spec.name] if isinstance(victims, Mapping) else victims
-    out = model(x)
+    return _task_output(model(x), spec)
+
+
+def _task_output(out, spec: TaskSpec) -> torch.Tensor:
+    """The output of task ``spec`` from a victim's output (a dict of task outputs or a tensor)."""
     if isinstance(out, Mapping):
         if spec.name not in out:
             raise KeyError(f"victim for task {spec.name!r} returned no output for it (has {list(out)})")
@@ -235,13 +253,17 @@ def train_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, loade
               targeted: bool = False, target_classes: Mapping[str, int] | None = None,
               alphas: Mapping[str, float] | None = None, device: str | torch.device = "cpu",
               max_steps: int | None = None, resume: bool = True, seed: int = 0,
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, on_epoch_end: Callable[[MTAGenerator, dict], dict | None] | None = None
+              ) -> list[dict]:
     """Train the generator with Adam (MTA Sec. 4: lr 2e-4) on ``loader`` batches ``(x, targets)``.
 
     The victims are frozen (eval mode, no parameter gradients; restored afterwards).  With ``out_dir``
     a checkpoint ``mta_checkpoint.pt`` (generator, optimizer, epoch) is written atomically after every
     epoch and resumed from when ``resume``; the final generator is saved to ``out_dir/mta_generator``
     (safetensors + JSON).  Returns per-epoch logs ``{"epoch", "loss", "per_task", "steps", "seconds"}``.
+    ``on_epoch_end(generator, log)`` runs after every epoch (e.g. a held-out evaluation); a dict it returns
+    is merged into that epoch's log before the checkpoint is written, and the generator is put back in
+    train mode afterwards.
     """
     from tqdm.auto import tqdm
 
@@ -287,6 +309,11 @@ def train_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, loade
                     break
             logs.append({"epoch": epoch + 1, "loss": tot / max(n, 1), "per_task": {k: v / max(n, 1) for k, v in per_sum.items()},
                          "steps": steps_done, "seconds": time.perf_counter() - t0})
+            if on_epoch_end is not None:
+                extra = on_epoch_end(generator, logs[-1])
+                generator.train()
+                if extra:
+                    logs[-1].update(extra)
             if ckpt is not None:
                 state = {"generator": generator.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                          "config": json.dumps(generator.config(), sort_keys=True), "logs": json.dumps(logs)}
@@ -319,11 +346,12 @@ def evaluate_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, lo
     """Per-task fooling ratio (MTA Sec. 4.1: share of inputs whose prediction changes), accuracy under
     attack, top-1 target accuracy (when ``target_classes``), and generator time per image.
 
-    Classification tasks only get the ratios; every task gets its mean clean and adversarial loss.
+    Classification tasks only get the ratios; every task gets its mean clean and adversarial loss and
+    ``budget_use``: the mean ``|v_t|`` over pixels divided by ``eps`` (linf; 1 = every pixel at ``+-eps``).
     """
     specs = {s.name: s for s in tasks}
     generator.eval().to(device)
-    stats = {n: dict(changed=0, correct_adv=0, correct_clean=0, hit=0, n=0, loss_clean=0.0, loss_adv=0.0)
+    stats = {n: dict(changed=0, correct_adv=0, correct_clean=0, hit=0, n=0, loss_clean=0.0, loss_adv=0.0, abs_v=0.0)
              for n in generator.task_names}
     gen_time, n_img = 0.0, 0
     with _frozen(_victim_modules(victims)):
@@ -336,9 +364,11 @@ def evaluate_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, lo
                 torch.cuda.synchronize()
             gen_time += time.perf_counter() - t0
             n_img += x.shape[0]
+            clean_all = None if isinstance(victims, Mapping) else victims(x)  # one clean pass for an MTL victim
             for name, v in zip(generator.task_names, vs):
                 spec, s = specs[name], stats[name]
-                out_c = _victim_output(victims, spec, x)
+                out_c = _victim_output(victims, spec, x) if clean_all is None else _task_output(clean_all, spec)
+                s["abs_v"] += float(v.expand_as(x).abs().flatten(1).mean(1).sum())
                 out_a = _victim_output(victims, spec, (x + v).clamp(0, 1))
                 s["loss_clean"] += float(task_loss(spec, out_c, y[name], "sum"))
                 s["loss_adv"] += float(task_loss(spec, out_a, y[name], "sum"))
@@ -353,7 +383,8 @@ def evaluate_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, lo
     res = {"per_task": {}, "seconds_per_image": gen_time / max(n_img, 1), "images": n_img}
     for name, s in stats.items():
         n = max(s["n"], 1)
-        r = {"loss_clean": s["loss_clean"] / n, "loss_adv": s["loss_adv"] / n}
+        r = {"loss_clean": s["loss_clean"] / n, "loss_adv": s["loss_adv"] / n,
+             "budget_use": s["abs_v"] / n / generator.eps if generator.norm == "linf" and generator.eps > 0 else None}
         if specs[name].is_classification:
             r.update(fooling_ratio=s["changed"] / n, acc_clean=s["correct_clean"] / n, acc_adv=s["correct_adv"] / n)
             if target_classes and name in target_classes:
