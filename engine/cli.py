@@ -17,6 +17,7 @@ import json
 import sys
 
 from mtlguard._version import __version__
+from mtlguard.cli.dispatch import command_parser, run_command
 
 from .imageio import DEFAULT_PNG_COMPRESSION, DEFAULT_PNG_STRATEGY, PNG_STRATEGIES, check_png_compression
 
@@ -56,12 +57,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtlguard-engine",
-        description="Bulk-protect image directories with an exported mtlguard generator.",
-    )
-    parser.add_argument("--version", action="version", version=f"mtlguard-engine {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser(
+        "mtlguard-engine", "Bulk-protect image directories with an exported mtlguard generator.", __version__)
     p = sub.add_parser("protect", help="protect every image under --input into --output")
     p.add_argument("--model", default=None,
                    help="generator: .onnx (onnxruntime), checkpoint/.ts/.pt2 (torch), .engine (tensorrt); "
@@ -131,11 +128,7 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    return int(args.func(args) or 0)
+    return run_command(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

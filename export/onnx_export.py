@@ -115,9 +115,18 @@ def to_uint8_io(model):
     return onnx.shape_inference.infer_shapes(model)
 
 
-def _finish(model, facts: GeneratorFacts, path: Path, check: bool) -> Path:
+def _finish(model, facts: GeneratorFacts, path: Path, check: bool, fp16: bool, uint8_io: bool) -> Path:
+    """Apply the requested variants (uint8 I/O, then fp16) to the float32 graph, record them in
+    ``facts``, stamp the metadata, check and save (creating ``path``'s folder)."""
     import onnx
 
+    if uint8_io:
+        model = to_uint8_io(model)
+        facts.io = "uint8_nhwc"
+    if fp16:
+        model = to_fp16(model)
+        facts.precision = "fp16"
+    path.parent.mkdir(parents=True, exist_ok=True)
     model.producer_name = "mtlguard"
     model.doc_string = (f"mtlguard generator: image {facts.io} -> (protected, delta); eps={facts.eps:.6g}; "
                         f"tasks={facts.task_names}; labels int64 [N, {len(facts.tasks)}], -1 = unprotected")
@@ -140,14 +149,7 @@ def onnx_variant(src, path, fp16: bool = False, uint8_io: bool = False, check: b
     if facts.io != "float32_nchw" or facts.precision != "fp32":
         raise ValueError(f"{src}: derive variants from the float32 NCHW export (this one is {facts.io}, {facts.precision})")
     model = onnx.load(str(src))
-    if uint8_io:
-        model = to_uint8_io(model)
-        facts.io = "uint8_nhwc"
-    if fp16:
-        model = to_fp16(model)
-        facts.precision = "fp16"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return _finish(model, facts, path, check)
+    return _finish(model, facts, path, check, fp16, uint8_io)
 
 
 def export_onnx(generator: torch.nn.Module, path, opset: int = DEFAULT_OPSET, fp16: bool = False,
@@ -174,14 +176,7 @@ def export_onnx(generator: torch.nn.Module, path, opset: int = DEFAULT_OPSET, fp
             )
     finally:
         generator.train(was_training)
-    model = program.model_proto
-    if uint8_io:
-        model = to_uint8_io(model)
-        facts.io = "uint8_nhwc"
-    if fp16:
-        model = to_fp16(model)
-        facts.precision = "fp16"
-    return _finish(model, facts, path, check)
+    return _finish(program.model_proto, facts, path, check, fp16, uint8_io)
 
 
 def onnx_op_types(path) -> set[str]:

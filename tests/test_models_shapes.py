@@ -10,13 +10,8 @@ from mtlguard.data.tasks import TaskSpec
 from mtlguard.models import ARCHS, build_model, load_model, save_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed 2-core CPU this is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 ALL_KINDS = [TaskSpec("age", "multiclass", 9), TaskSpec("gender", "binary"), TaskSpec("attrs", "multilabel", 4),
              TaskSpec("seg", "segmentation", 5), TaskSpec("depth", "depth"), TaskSpec("normal", "normal"),

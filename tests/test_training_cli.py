@@ -4,18 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from mtlguard.cli.main import main
 from mtlguard.training import load_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_cli_synthetic_mtl_and_resume(tmp_path, capsys):

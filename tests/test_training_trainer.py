@@ -12,13 +12,8 @@ from mtlguard.models import build_model
 from mtlguard.training import Trainer, load_model, random_crop_flip, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed 2-core CPU this is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 TASKS = (TaskSpec("cls", "multiclass", 3), TaskSpec("seg", "segmentation", 3), TaskSpec("depth", "depth"),
          TaskSpec("normal", "normal"))

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from .._version import __version__
+from .dispatch import command_parser, run_command
 
 #: subcommand name -> module (relative to mtlguard.cli) defining ``add_parser(subparsers)``.
 SUBCOMMANDS: dict[str, str] = {
@@ -23,12 +24,8 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtlguard",
-        description="mtlguard: unlearnable examples and adversarial attacks for multi-task learning.",
-    )
-    parser.add_argument("--version", action="version", version=f"mtlguard {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser(
+        "mtlguard", "mtlguard: unlearnable examples and adversarial attacks for multi-task learning.", __version__)
     for name, module in SUBCOMMANDS.items():
         importlib.import_module(f"mtlguard.cli.{module}").add_parser(sub)
     info = sub.add_parser("info", help="print versions and the fused-op backend")
@@ -53,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # the exact command, recorded in reports (see unlearnable.cli_common.command_line)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    return int(args.func(args) or 0)
+    return run_command(parser, args)
 
 
 if __name__ == "__main__":  # pragma: no cover
