@@ -1,5 +1,6 @@
 // Operator schemas of the mtlguard library (torchvision csrc/ops style).  Kernels: cpu/*.cpp (CPU) and
-// cuda/*.cu (CUDA); fake (meta) kernels and autograd formulas: python/mtlguard/ops/_meta.py.
+// cuda/*.cu (CUDA), sharing their per-element math (MTLG_HOST_DEVICE functions) and host side (checks, layout,
+// outputs) through common/*.h; fake (meta) kernels and autograd formulas: python/mtlguard/ops/_meta.py.
 #include <torch/library.h>
 
 #include "ops.h"

@@ -62,6 +62,12 @@ inline void check_same_shape(const char* op, const char* a_name, const at::Tenso
                     " differ in shape");
 }
 
+// The data of an optional tensor (a per-sample eps / step, task weights), nullptr when it is undefined.
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
 // A per-sample value (eps, step): either the float or, when given, a tensor [B] (or a scalar tensor).
 // Returns the tensor converted to `dtype`, contiguous, on `device`, expanded to [B]; undefined if absent.
 inline at::Tensor per_sample_tensor(const char* op, const char* name, const c10::optional<at::Tensor>& t,

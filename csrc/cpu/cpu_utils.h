@@ -1,7 +1,9 @@
-// Helpers shared by the CPU kernels: parallel walk over (sample, contiguous segment) pieces.
+// Helpers shared by the CPU kernels: parallel walk over (sample, contiguous segment) pieces, and the (empty)
+// device guard the ops of ../common/ (*_impl) are instantiated with.
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <c10/core/Device.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -11,6 +13,11 @@ namespace cpu {
 
 // Elements per parallel task: large enough to amortise the OpenMP fork, small enough to balance 2+ threads.
 constexpr int64_t kGrain = 32768;
+
+// The CPU kernels need no device guard: stands in for c10::cuda::CUDAGuard in the ops of ../common/.
+struct NoGuard {
+  explicit NoGuard(c10::Device /*device*/) {}
+};
 
 // Calls f(b, begin, end) over [0, numel) split into pieces that never cross a sample boundary
 // (sample b covers [b * inner, (b + 1) * inner)), in parallel (at::parallel_for, OpenMP).

@@ -1,5 +1,5 @@
-// Helpers shared by the CUDA kernels: launch geometry, vectorized (16-byte) access, NaN-propagating
-// min/max and round-to-nearest multiply/add (no FMA contraction, so results round like the reference ops).
+// Helpers shared by the CUDA kernels: launch geometry and vectorized (16-byte) access.  The per-element
+// primitives (NaN-propagating min/max, round-to-nearest multiply/add, sign) are in ../common/element_ops.h.
 #pragma once
 
 // Only light c10 CUDA headers: ATen/cuda/CUDAContext.h would pull cuBLAS/cuSPARSE headers, which a bare CUDA
@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace mtlguard {
 namespace cuda {
@@ -46,23 +47,15 @@ constexpr int vec_width() {
 
 inline bool aligned_to(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-template <typename T>
-__device__ __forceinline__ T max_p(T a, T b) {  // like torch.maximum: NaN in either operand propagates
-  return (a != a || a > b) ? a : b;
-}
-template <typename T>
-__device__ __forceinline__ T min_p(T a, T b) {  // like torch.minimum
-  return (a != a || a < b) ? a : b;
-}
-
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-
-template <typename T>
-__device__ __forceinline__ int8_t sign_i8(T v) {
-  return static_cast<int8_t>((v > T(0)) - (v < T(0)));
+// Calls launch(std::integral_constant<int, N>{}) when `vec` (every access can be N elements wide), else with
+// width 1: the launch picks its kernel instantiation and grid from the width.
+template <int N, typename F>
+void with_vec_width(bool vec, const F& launch) {
+  if (vec) {
+    launch(std::integral_constant<int, N>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
+  }
 }
 
 }  // namespace cuda
