@@ -53,6 +53,14 @@ def test_evaluate_protection_rows_bounds_and_resume(utkface_root, tmp_path, caps
     assert {k: r["mtl"] for k, r in again["rows"].items()} == {k: r["mtl"] for k, r in rows.items()}
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
 
+    # the same work folder under other settings is refused (its cached generator would be stale), untouched
+    changed = _cmd(utkface_root, tmp_path)
+    changed[changed.index("--gen-epochs") + 1] = "2"
+    with pytest.raises(SystemExit, match=r"other settings \(gen_epochs: 1 -> 2\)"):
+        main(changed)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+    assert json.loads((tmp_path / "work" / "work_config.json").read_text())["gen_epochs"] == 1
+
 
 @pytest.mark.parametrize("bad, match", [
     (["--defenses", "none,blur"], "unknown defense 'blur'"),

@@ -83,7 +83,10 @@ def run(args) -> int:
     test_set = load_split(args, args.test_split, args.test_subset)
     out = Path(args.out)
     work = Path(args.work) if args.work else out / f"{args.prefix}_work"
-    bench = ProtectionBenchmark(train_set, test_set, cfg, work)
+    try:
+        bench = ProtectionBenchmark(train_set, test_set, cfg, work)
+    except ValueError as e:  # a work folder filled under other settings
+        raise SystemExit(f"evaluate-protection: {e}") from None
     results = bench.run()
     paths = write_report(results, bench, out / args.prefix, command_line(args), args.note)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))

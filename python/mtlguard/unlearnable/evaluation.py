@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -123,6 +124,37 @@ class ProtectionBenchmark:
         self._clean_sur: torch.nn.Module | None = None
         self._snaps: list | None = None
         self.log: list[str] = []
+        self._check_work_dir()
+
+    #: settings that do not change any cached artifact (rows, defenses and STL choice only pick what runs)
+    _NOT_CACHED = ("methods", "defenses", "stl", "stl_methods", "device", "progress")
+
+    def work_fingerprint(self) -> dict:
+        """What the cached surrogates, generators, protected sets and victims under ``out_dir`` depend on."""
+        fp = {k: v for k, v in asdict(self.cfg).items() if k not in self._NOT_CACHED}
+        fp.update(train_size=len(self.train_set), test_size=len(self.test_set), image_size=list(self.size),
+                  channels=self.channels, tasks=[t.name for t in self.tasks],
+                  train_data=getattr(self.train_set, "_cache_name", None),
+                  test_data=getattr(self.test_set, "_cache_name", None))
+        return json.loads(json.dumps(fp))
+
+    def _check_work_dir(self) -> None:
+        """Refuse to resume from a work folder filled under other settings (its cached generators and
+        victims would be silently reused); the first run records ``out_dir/work_config.json``."""
+        path = self.out / "work_config.json"
+        fp = self.work_fingerprint()
+        if path.is_file():
+            old = json.loads(path.read_text())
+            diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+            if diff:
+                detail = ", ".join(f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in diff)
+                raise ValueError(f"work folder {self.out} holds results made with other settings ({detail}); "
+                                 "use another --work folder, or the same settings to resume")
+        elif any(self.out.iterdir()):
+            warnings.warn(f"{self.out}: work folder without work_config.json (made before it was recorded); "
+                          "its cached results are reused as they are", stacklevel=3)
+        if not path.is_file():
+            atomic_write_text(path, json.dumps(fp, indent=1, sort_keys=True))
 
     # --- surrogates / generators -----------------------------------------------------------------
     def _surrogate(self) -> torch.nn.Module:
