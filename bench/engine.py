@@ -1,9 +1,11 @@
 """Benchmark of mtlguard-engine on real UTKFace images (issue 5), all on the same files in one run:
 
 (a) floor: decode + encode only (the engine's passthrough mode, SAME format / PNG level / strategy as (c));
-(b) generator only: the onnxruntime session on pre-decoded model-resolution batches;
+(b) generator only: the inference backend (``--backend onnxruntime`` (default) or ``torch``, on ``--device``)
+    on pre-decoded model-resolution batches;
 (c) engine end to end (decode -> inference -> native-size delta -> encode -> atomic write);
-(d) naive baseline: one image at a time -- PIL open, torch eager generator, PIL save (same PNG settings).
+(d) naive baseline: one image at a time -- PIL open, torch eager generator (on ``--device``), PIL save (same PNG settings).
+On a GPU: ``python bench/engine.py --backend torch --device cuda --checkpoint GEN`` -> bench/results/engine_cuda_torch.json.
 Goals (issue 5): (c) >= 0.8 x min(a, b) and (c) >= 5 x (d).
 
 (a), (b), (c) run interleaved ``--repeats`` times (medians reported) so that a drifting machine load
@@ -107,7 +109,7 @@ def decode_compare(files) -> dict:
     return {"simplejpeg_img_per_s": round(sj, 1), "pillow_img_per_s": round(pil, 1), "single_thread": True}
 
 
-def naive(files, gen, out_dir: Path, png_compression: int, png_strategy: str) -> tuple[float, float]:
+def naive(files, gen, out_dir: Path, png_compression: int, png_strategy: str, device: str = "cpu") -> tuple[float, float]:
     """(d): one image at a time, PIL + torch eager, no batching/threads/pipelining; PNG saved with the
     engine's level and strategy (so (c) / (d) does not count the PNG settings as engine speed-up).
     Returns ``(img/s, process CPU ms/img)``."""
@@ -127,9 +129,10 @@ def naive(files, gen, out_dir: Path, png_compression: int, png_strategy: str) ->
         small = torch.from_numpy(np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         a, g, r = parse_utkface_name(f.name)
         with torch.no_grad():
-            _, d = gen(small, torch.tensor([[age_to_bin(a), g, r]]))
+            x, small = x.to(device), small.to(device)
+            _, d = gen(small, torch.tensor([[age_to_bin(a), g, r]], device=device))
             d = F.interpolate(d, size=x.shape[2:], mode="bilinear", align_corners=False).clamp(-gen.eps, gen.eps)
-            y = (x + d).clamp(0, 1)
+            y = (x + d).clamp(0, 1).cpu()
         Image.fromarray((y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
             out_dir / (f.stem + ".png"), compress_level=png_compression, compress_type=PNG_STRATEGIES[png_strategy])
 
@@ -208,13 +211,20 @@ def main(argv=None) -> int:
                          "(onnxruntime intra-op threads : decode/encode threads), e.g. 1:2,2:1")
     ap.add_argument("--naive-images", type=int, default=60,
                     help="(d) runs on the first N of the same files (it is ~5-20x slower; per-image cost is flat)")
-    ap.add_argument("--out", default="bench/results/engine_cpu.json")
+    ap.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
+                    help="inference backend of (b) and (c); (d) is always torch eager")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="device of (b), (c) and (d) (cuda: onnxruntime needs onnxruntime-gpu; use --backend torch)")
+    ap.add_argument("--out", default=None, help="default: bench/results/engine_<device>[_torch].json")
     args = ap.parse_args(argv)
 
     from mtlguard.data.utkface import parse_utkface_name
     from mtlguard.engine import protect_directory
-    from mtlguard.engine.backends import OnnxRuntimeBackend
+    from mtlguard.engine.backends import OnnxRuntimeBackend, TorchBackend
     from mtlguard.export import export_onnx
+
+    if args.out is None:
+        args.out = f"bench/results/engine_{args.device}" + ("_torch" if args.backend == "torch" else "") + ".json"
 
     src_all = sorted(p for p in (Path(args.utkface) / "images").iterdir() if parse_utkface_name(p.name))
     step = max(1, len(src_all) // args.images)
@@ -230,17 +240,24 @@ def main(argv=None) -> int:
             shutil.copyfile(p, inp / p.name)
         files = sorted(inp.iterdir())
         gen, weights = _generator(args.checkpoint, args.image_size)
-        onnx_path = export_onnx(gen, tmp / "gen.onnx")
-        kw = dict(batch_size=args.batch_size, workers=args.workers, progress=False, threads=args.threads, **png)
+        if args.backend == "onnxruntime":
+            model_path = export_onnx(gen, tmp / "gen.onnx")
+        else:
+            model_path = gen.save(tmp / "gen.safetensors")
+        onnx_path = model_path  # the engine's model for (c)
+        kw = dict(batch_size=args.batch_size, workers=args.workers, progress=False, threads=args.threads,
+                  backend=args.backend, device=args.device, **png)
+        pkw = {k: v for k, v in kw.items() if k not in ("backend", "device")}  # passthrough: no model
         # warm the page cache and the runtimes (not timed)
         protect_directory(inp, tmp / "warm", model=onnx_path, dataset="utkface", **kw)
         res: dict = {"decoder_comparison": decode_compare(files)}
-        be = OnnxRuntimeBackend(onnx_path, "cpu", args.threads)
+        be = (OnnxRuntimeBackend(model_path, args.device, args.threads) if args.backend == "onnxruntime"
+              else TorchBackend(model_path, args.device, args.threads))
         runs = {"a": [], "b": [], "c": []}
         sweep = {f"threads={t},workers={w}": [] for t, w in extra}
         rep_c = None
         for r in range(args.repeats):
-            rep_a, w, cpu = _timed(lambda: protect_directory(inp, tmp / f"a{r}", passthrough=True, **kw))
+            rep_a, w, cpu = _timed(lambda: protect_directory(inp, tmp / f"a{r}", passthrough=True, **pkw))
             assert rep_a["done"] == len(files), rep_a["failures"][:3]
             runs["a"].append({"img_per_s": round(len(files) / w, 2), "cpu_ms_per_img": round(1e3 * cpu / len(files), 2),
                               "loadavg": _load()})
@@ -272,10 +289,11 @@ def main(argv=None) -> int:
         import torch
 
         nthreads = torch.get_num_threads()
-        d_default = naive(files[: args.naive_images], gen, tmp / "d", **png)
+        gen = gen.to(args.device)
+        d_default = naive(files[: args.naive_images], gen, tmp / "d", device=args.device, **png)
         torch.set_num_threads(1)
         try:
-            d_one = naive(files[: args.naive_images], gen, tmp / "d1", **png)
+            d_one = naive(files[: args.naive_images], gen, tmp / "d1", device=args.device, **png)
         finally:
             torch.set_num_threads(nthreads)
         res["d_naive_variants"] = {
@@ -317,16 +335,20 @@ def main(argv=None) -> int:
             f"{cpu_d1} CPU ms/img on one core, so with {cores} cores (c)/(d) cannot exceed {cores} x {cpu_d1} / "
             f"{cpu_med['a'] + cpu_med['b']:.2f} = {res['c_over_d_upper_bound_by_cpu']}"
             + (" (the 5x goal is NOT reachable here)." if res["c_over_d_upper_bound_by_cpu"] < 5 else "."))
+        if args.device != "cpu":
+            res["bound_note"] = ("(b) runs on the GPU, so (a) and (b) do not share cores: the shared-core bound "
+                                 "and the CPU-based (c)/(d) bound above do not apply; compare c with min(a, b).")
         res["png_options"] = png_options(files, be, gen.eps)
     out = {
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-        "device": {"kind": "cpu", "cpu": _cpu_name(), "logical_cores": os.cpu_count(),
+        "device": {"kind": args.device, "cpu": _cpu_name(), "logical_cores": os.cpu_count(),
+                   **({"gpu": torch.cuda.get_device_name(0)} if args.device == "cuda" else {}),
                    "loadavg_start": load0, "loadavg_end": _load(),
                    "note": "shared machine: other users' jobs ran alongside; see each run's loadavg and the CPU ms/img"},
         "versions": _versions(),
         "data": {"dataset": "UTKFace (real)", "images": len(picked), "native_size": "200x200 JPEG",
                  "selection": f"every {step}th valid name, sorted"},
-        "generator": {"weights": weights, "image_size": list(gen.image_size), "eps": gen.eps, "backend": "onnxruntime"},
+        "generator": {"weights": weights, "image_size": list(gen.image_size), "eps": gen.eps, "backend": args.backend},
         "settings": {"batch_size": args.batch_size, "workers": rep_c["workers"],
                      "onnxruntime_threads": args.threads or "runtime default (all cores)", "format": "png",
                      "png_compression": args.png_compression, "png_strategy": args.png_strategy,
