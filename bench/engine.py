@@ -244,12 +244,11 @@ def main(argv=None) -> int:
             model_path = export_onnx(gen, tmp / "gen.onnx")
         else:
             model_path = gen.save(tmp / "gen.safetensors")
-        onnx_path = model_path  # the engine's model for (c)
         kw = dict(batch_size=args.batch_size, workers=args.workers, progress=False, threads=args.threads,
                   backend=args.backend, device=args.device, **png)
         pkw = {k: v for k, v in kw.items() if k not in ("backend", "device")}  # passthrough: no model
         # warm the page cache and the runtimes (not timed)
-        protect_directory(inp, tmp / "warm", model=onnx_path, dataset="utkface", **kw)
+        protect_directory(inp, tmp / "warm", model=model_path, dataset="utkface", **kw)
         res: dict = {"decoder_comparison": decode_compare(files)}
         be = (OnnxRuntimeBackend(model_path, args.device, args.threads) if args.backend == "onnxruntime"
               else TorchBackend(model_path, args.device, args.threads))
@@ -263,7 +262,7 @@ def main(argv=None) -> int:
                               "loadavg": _load()})
             ips, cpu_ms = generator_only(be, files, args.batch_size)
             runs["b"].append({"img_per_s": round(ips, 2), "cpu_ms_per_img": round(cpu_ms, 2), "loadavg": _load()})
-            rep_c, w, cpu = _timed(lambda: protect_directory(inp, tmp / f"c{r}", model=onnx_path, dataset="utkface", **kw))
+            rep_c, w, cpu = _timed(lambda: protect_directory(inp, tmp / f"c{r}", model=model_path, dataset="utkface", **kw))
             assert rep_c["done"] == len(files), rep_c["failures"][:3]
             runs["c"].append({"img_per_s": round(len(files) / w, 2), "cpu_ms_per_img": round(1e3 * cpu / len(files), 2),
                               "loadavg": _load(), "stage_seconds": rep_c["stage_seconds"],
@@ -274,7 +273,7 @@ def main(argv=None) -> int:
             shutil.rmtree(tmp / f"c{r}")
             for t, wk in extra:
                 kx = dict(kw, threads=t, workers=wk)
-                rep, w, cpu = _timed(lambda: protect_directory(inp, tmp / "cx", model=onnx_path, dataset="utkface", **kx))
+                rep, w, cpu = _timed(lambda: protect_directory(inp, tmp / "cx", model=model_path, dataset="utkface", **kx))
                 assert rep["done"] == len(files), rep["failures"][:3]
                 sweep[f"threads={t},workers={wk}"].append({"img_per_s": round(len(files) / w, 2),
                                                           "cpu_ms_per_img": round(1e3 * cpu / len(files), 2),

@@ -123,7 +123,6 @@ class ProtectionBenchmark:
         self.channels, self.size = int(x0.shape[0]), (int(x0.shape[1]), int(x0.shape[2]))
         self._clean_sur: torch.nn.Module | None = None
         self._snaps: list | None = None
-        self.log: list[str] = []
         self._check_work_dir()
 
     #: settings that do not change any cached artifact (rows, defenses and STL choice only pick what runs)
@@ -150,11 +149,11 @@ class ProtectionBenchmark:
                 detail = ", ".join(f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in diff)
                 raise ValueError(f"work folder {self.out} holds results made with other settings ({detail}); "
                                  "use another --work folder, or the same settings to resume")
-        elif any(self.out.iterdir()):
+            return
+        if any(self.out.iterdir()):
             warnings.warn(f"{self.out}: work folder without work_config.json (made before it was recorded); "
                           "its cached results are reused as they are", stacklevel=3)
-        if not path.is_file():
-            atomic_write_text(path, json.dumps(fp, indent=1, sort_keys=True))
+        atomic_write_text(path, json.dumps(fp, indent=1, sort_keys=True))
 
     # --- surrogates / generators -----------------------------------------------------------------
     def _surrogate(self) -> torch.nn.Module:
