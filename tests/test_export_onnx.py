@@ -174,3 +174,36 @@ def test_fp16_uint8_variant_together(utkface_root, tmp_path):
     assert np.abs(prot.astype(np.int16) - expect).max() <= 2  # fp16 + rounding
     with pytest.raises(ValueError, match="derive variants from the float32"):
         onnx_variant(both, tmp_path / "again.onnx", fp16=True)
+
+
+def test_delta_units_eps_generator_exports_with_parity(utkface_root, tmp_path):
+    """A generator fitted with ``delta_units="eps"`` (decoder output scaled by eps before the clip)
+    keeps that scaling through save -> load -> ``mtlguard export`` -> onnxruntime."""
+    from mtlguard.cli.main import main
+    from mtlguard.unlearnable import MTLUEGenerator
+
+    from test_engine_standin import make_generator
+
+    g = make_generator((32, 32), seed=1)
+    cfg = g.config()
+    cfg["delta_units"] = "eps"
+    h = MTLUEGenerator.from_config(cfg)
+    h.load_state_dict(g.state_dict())
+    last = [m for m in h.decoder if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1 / h.eps)  # undo make_generator's shrink so the eps-scaled output is ~eps, partly clipped
+    h.eval()
+    ckpt = h.save(tmp_path / "gen_eps")
+    out = tmp_path / "gen_eps.onnx"
+    assert main(["export", "--model", str(ckpt), "--output", str(out)]) == 0
+    images, labels, _ = utk_batch(utkface_root, 4)
+    with torch.no_grad():
+        tp, td = h(torch.from_numpy(images), torch.from_numpy(labels))
+        raw = h.perturbation(torch.from_numpy(images), torch.from_numpy(labels))
+    op, od = _ort_out(out, images, labels)
+    assert np.abs(od - td.numpy()).max() <= 1e-5 and np.abs(op - tp.numpy()).max() <= 1e-5
+    x = torch.from_numpy(images)
+    expect = (x + (raw * h.eps).clamp(-h.eps, h.eps)).clamp(0, 1) - x  # eps-scaled, then the two boxes
+    assert np.allclose(td.numpy(), expect.numpy(), atol=1e-6)
+    clipped = float((td.abs() >= h.eps * 0.999).float().mean())
+    assert 0.0 < clipped < 1.0  # both regimes of the clip are exercised

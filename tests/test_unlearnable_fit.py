@@ -2,6 +2,7 @@
 protected images, TAP lowers the targeted loss, and a fit interrupted after one round resumes to
 exactly the uninterrupted result."""
 import copy
+import json
 
 import pytest
 import torch
@@ -45,6 +46,20 @@ def test_em_fit_lowers_surrogate_loss_and_resumes_exactly(tiny_utk, tmp_path):
     full, res_b = _em_run(tiny_utk, tmp_path / "b")  # uninterrupted run: identical result
     for (k, va), vb in zip(resumed.state_dict().items(), full.state_dict().values()):
         assert torch.allclose(va, vb, atol=1e-6), k
+    # a state saved before MTLUEGenerator.delta_units existed (no key in its fingerprint) resumes as "raw"
+    st = torch.load(tmp_path / "a" / "fit_state.pt", weights_only=True)
+    fp = json.loads(st["fingerprint"])
+    assert fp["generator"].pop("delta_units") == "raw"
+    st["fingerprint"] = json.dumps(fp, sort_keys=True)
+    torch.save(st, tmp_path / "a" / "fit_state.pt")
+    legacy, res_l = _em_run(tiny_utk, tmp_path / "a")
+    assert res_l.rounds == 2 and all(torch.equal(a, b) for a, b in zip(legacy.state_dict().values(),
+                                                                      resumed.state_dict().values()))
+    with pytest.raises(ValueError, match="different fit configuration"):  # but not as "eps"
+        fit_generator(MTLUEGenerator(tiny_utk.tasks, image_size=SIZE, delta_units="eps"), tiny_utk,
+                      build_model(tiny_utk.tasks, image_size=SIZE),
+                      FitConfig(base="em", epochs=2, batch_size=24, train_steps=3, stop_acc=1.01, seed=0),
+                      out_dir=tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match="different fit configuration"):
         gen = MTLUEGenerator(tiny_utk.tasks, image_size=SIZE, eps=4 / 255)
         fit_generator(gen, tiny_utk, build_model(tiny_utk.tasks, image_size=SIZE),

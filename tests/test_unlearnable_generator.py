@@ -125,3 +125,28 @@ def test_quantize_protected_and_bound():
     bad[2, 1, 3, 4] = (int(img[2, 1, 3, 4]) + 9) % 256 if int(img[2, 1, 3, 4]) < 240 else int(img[2, 1, 3, 4]) - 9
     with pytest.raises(ValueError, match=r"index \(2, 1, 3, 4\)"):
         check_linf_bound(img, bad, 8 / 255)
+
+
+def test_delta_units_eps_reads_decoder_output_in_units_of_eps(tmp_path):
+    torch.manual_seed(0)
+    raw = MTLUEGenerator(UTK, image_size=8).eval()
+    scaled = MTLUEGenerator(UTK, image_size=8, delta_units="eps").eval()
+    scaled.load_state_dict(raw.state_dict())
+    x, y = torch.rand(4, 3, 8, 8) * 0.5 + 0.25, torch.tensor([[0, 1, 2]] * 4)  # away from the [0, 1] box
+    with torch.no_grad():
+        d_raw = raw.perturbation(x, y)
+        _, delta = scaled(x, y)
+        _, delta_raw = raw(x, y)
+    eps = scaled.eps
+    assert torch.allclose(delta, (d_raw * eps).clamp(-eps, eps), atol=1e-6)
+    assert torch.allclose(delta_raw, d_raw.clamp(-eps, eps), atol=1e-6)
+    # the point of the option: far fewer pixels start clipped (no gradient) than with "raw"
+    assert float((delta.abs() < eps * 0.999).float().mean()) > 4 * float((delta_raw.abs() < eps * 0.999).float().mean())
+    path = scaled.save(tmp_path / "g")
+    assert json.loads((tmp_path / "g.json").read_text())["delta_units"] == "eps"
+    assert MTLUEGenerator.load(path).delta_units == "eps"
+    cfg = json.loads((tmp_path / "g.json").read_text())
+    del cfg["delta_units"]  # a generator saved before the option existed is "raw"
+    assert MTLUEGenerator.from_config(cfg).delta_units == "raw"
+    with pytest.raises(ValueError, match="delta_units"):
+        MTLUEGenerator(UTK, image_size=8, delta_units="tanh")

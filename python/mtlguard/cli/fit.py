@@ -29,6 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--surrogate-epochs", type=int, default=60, help="TAP/SEP: clean surrogate training epochs")
     p.add_argument("--sep-checkpoints", type=int, default=15)
     p.add_argument("--large-stem", action="store_true", help="7x7/2 + maxpool encoder stem (large images)")
+    p.add_argument("--delta-units", choices=["raw", "eps"], default="raw",
+                   help="decoder output read as delta (raw, Alg. 1) or in units of eps (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder (generator.safetensors + generator.json + fit state)")
     p.set_defaults(func=run)
 
@@ -45,7 +47,7 @@ def run(args) -> int:
     size = (int(x0.shape[1]), int(x0.shape[2]))
     torch.manual_seed(args.seed)
     gen = MTLUEGenerator(ds.tasks, in_channels=int(x0.shape[0]), image_size=size, eps=args.eps / 255,
-                         large_stem=args.large_stem)
+                         large_stem=args.large_stem, delta_units=args.delta_units)
     cfg = FitConfig(base=args.base, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     lambda_intra=args.lambda_intra, lambda_inter=args.lambda_inter, train_steps=args.train_steps,
                     stop_acc=args.stop_acc, seed=args.seed)

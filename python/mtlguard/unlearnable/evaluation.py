@@ -23,7 +23,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -35,7 +35,7 @@ from ..atomic import atomic_write, atomic_write_text
 from ..data.imageio import atomic_save_npy
 from ..data.tasks import TaskSpec
 from .fitting import FitConfig, fit_generator
-from .generator import MTLUEGenerator
+from .generator import DELTA_UNITS, MTLUEGenerator
 from .patterns import ClasswisePatterns
 from .protect import (DEFENSES, ProtectedDataset, generator_protector, pattern_protector, protect_images,
                       table_protector)
@@ -65,6 +65,7 @@ class ProtectionConfig:
     gen_epochs: int = 10             # R of Alg. 1 (paper: 60)
     gen_batch_size: int = 128
     gen_train_steps: int = 10
+    gen_delta_units: str = "raw"     # MTLUEGenerator.delta_units ("raw" = Alg. 1, "eps" = D in units of eps)
     em_steps: int = 20               # sample-wise EM PGD steps (paper: 20)
     em_rounds: int = 10
     tap_steps: int = 250             # sample-wise TAP / SEP PGD steps (paper: 250 of 0.064/255)
@@ -85,6 +86,8 @@ class ProtectionConfig:
         unknown = [m for m in (self.stl_methods or ()) if m.split(" + ")[0] not in self.methods]
         if unknown:
             raise ValueError(f"stl_methods {unknown} are not among the methods {tuple(self.methods)}")
+        if self.gen_delta_units not in DELTA_UNITS:
+            raise ValueError(f"gen_delta_units must be one of {DELTA_UNITS}, got {self.gen_delta_units!r}")
         for d in self.defenses:
             if d not in DEFENSES and d != "at":
                 raise ValueError(f"unknown defense {d!r}; expected one of {tuple(DEFENSES) + ('at',)}")
@@ -144,6 +147,9 @@ class ProtectionBenchmark:
         fp = self.work_fingerprint()
         if path.is_file():
             old = json.loads(path.read_text())
+            for f in fields(ProtectionConfig):  # a setting added after the folder was made: its default
+                if f.name not in self._NOT_CACHED and f.name not in old and f.default is not MISSING:
+                    old[f.name] = json.loads(json.dumps(f.default))
             diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
             if diff:
                 detail = ", ".join(f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in diff)
@@ -187,7 +193,8 @@ class ProtectionBenchmark:
         if path.is_file():
             return MTLUEGenerator.load(path)
         torch.manual_seed(self.cfg.seed)
-        gen = MTLUEGenerator(self.tasks, in_channels=self.channels, image_size=self.size, eps=self.cfg.eps)
+        gen = MTLUEGenerator(self.tasks, in_channels=self.channels, image_size=self.size, eps=self.cfg.eps,
+                             delta_units=self.cfg.gen_delta_units)
         fit_cfg = FitConfig(base=base, epochs=self.cfg.gen_epochs, batch_size=self.cfg.gen_batch_size,
                             train_steps=self.cfg.gen_train_steps, seed=self.cfg.seed)
         snaps = None

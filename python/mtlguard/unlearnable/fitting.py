@@ -98,6 +98,14 @@ def protected_accuracy(generator: MTLUEGenerator, model: nn.Module, dataset: Dat
     return sum(correct.values()) / (len(correct) * n)
 
 
+def _legacy_fingerprint(cfg: FitConfig, generator: MTLUEGenerator) -> str | None:
+    """The fingerprint a state saved before ``delta_units`` existed has (only ``raw`` generators)."""
+    gcfg = generator.config()
+    if gcfg.pop("delta_units", "raw") != "raw":
+        return None
+    return json.dumps({"fit": asdict(cfg), "generator": gcfg}, sort_keys=True)
+
+
 def _dense(generator: MTLUEGenerator, targets) -> dict | None:
     return {t.name: targets[t.name] for t in generator.dense_tasks} if generator.dense_tasks else None
 
@@ -164,7 +172,7 @@ def fit_generator(
         state_path.parent.mkdir(parents=True, exist_ok=True)
         if state_path.is_file():
             st = torch.load(state_path, map_location=device, weights_only=True)
-            if st.get("fingerprint") != fingerprint:
+            if st.get("fingerprint") not in (fingerprint, _legacy_fingerprint(cfg, generator)):
                 raise ValueError(f"{state_path}: resume state belongs to a different fit configuration; "
                                  "use another out_dir or delete it")
             generator.load_state_dict(st["generator"])
