@@ -91,7 +91,8 @@ def make_generator(image_size=(32, 32), seed: int = 0, stand_in: bool = False):
     everywhere (parity then tests real numbers, not the clip)."""
     torch.manual_seed(seed)
     cls = None if stand_in else real_generator_class()
-    g = cls(UTK_TASKS, in_channels=3, image_size=image_size) if cls is not None else StandInGenerator(image_size=image_size)
+    g = (cls(UTK_TASKS, in_channels=3, image_size=image_size, delta_units="raw") if cls is not None
+         else StandInGenerator(image_size=image_size))
     for m in g.modules():
         if isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.running_mean, 0.0, 0.1)

@@ -61,16 +61,15 @@ def test_evaluate_protection_rows_bounds_and_resume(utkface_root, tmp_path, caps
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     assert json.loads((tmp_path / "work" / "work_config.json").read_text())["gen_epochs"] == 1
 
-    # a folder recorded before a setting existed resumes with that setting's default, and only with it
+    # a folder recorded before --gen-delta-units existed was made with "raw": today's default ("eps") is
+    # refused, so its raw generators are never reused as eps ones
     wc = tmp_path / "work" / "work_config.json"
     old = json.loads(wc.read_text())
-    assert old.pop("gen_delta_units") == "raw"
+    assert old.pop("gen_delta_units") == "eps"
     wc.write_text(json.dumps(old))
-    assert main(_cmd(utkface_root, tmp_path)) == 0
-    capsys.readouterr()
-    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
     with pytest.raises(SystemExit, match=r"other settings \(gen_delta_units: 'raw' -> 'eps'\)"):
-        main(_cmd(utkface_root, tmp_path, "--gen-delta-units", "eps"))
+        main(_cmd(utkface_root, tmp_path))
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
 
 
 @pytest.mark.parametrize("bad, match", [

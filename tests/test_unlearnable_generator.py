@@ -129,8 +129,8 @@ def test_quantize_protected_and_bound():
 
 def test_delta_units_eps_reads_decoder_output_in_units_of_eps(tmp_path):
     torch.manual_seed(0)
-    raw = MTLUEGenerator(UTK, image_size=8).eval()
-    scaled = MTLUEGenerator(UTK, image_size=8, delta_units="eps").eval()
+    raw = MTLUEGenerator(UTK, image_size=8, delta_units="raw").eval()
+    scaled = MTLUEGenerator(UTK, image_size=8).eval()  # "eps" is the default
     scaled.load_state_dict(raw.state_dict())
     x, y = torch.rand(4, 3, 8, 8) * 0.5 + 0.25, torch.tensor([[0, 1, 2]] * 4)  # away from the [0, 1] box
     with torch.no_grad():

@@ -65,7 +65,7 @@ class ProtectionConfig:
     gen_epochs: int = 10             # R of Alg. 1 (paper: 60)
     gen_batch_size: int = 128
     gen_train_steps: int = 10
-    gen_delta_units: str = "raw"     # MTLUEGenerator.delta_units ("raw" = Alg. 1, "eps" = D in units of eps)
+    gen_delta_units: str = "eps"     # MTLUEGenerator.delta_units ("eps" = D in units of eps, "raw" = Alg. 1)
     em_steps: int = 20               # sample-wise EM PGD steps (paper: 20)
     em_rounds: int = 10
     tap_steps: int = 250             # sample-wise TAP / SEP PGD steps (paper: 250 of 0.064/255)
@@ -130,6 +130,8 @@ class ProtectionBenchmark:
 
     #: settings that do not change any cached artifact (rows, defenses and STL choice only pick what runs)
     _NOT_CACHED = ("methods", "defenses", "stl", "stl_methods", "device", "progress")
+    #: what folders recorded before a setting existed were made with, where that is not today's default
+    _BEFORE_OPTION = {"gen_delta_units": "raw"}
 
     def work_fingerprint(self) -> dict:
         """What the cached surrogates, generators, protected sets and victims under ``out_dir`` depend on."""
@@ -147,9 +149,9 @@ class ProtectionBenchmark:
         fp = self.work_fingerprint()
         if path.is_file():
             old = json.loads(path.read_text())
-            for f in fields(ProtectionConfig):  # a setting added after the folder was made: its default
-                if f.name not in self._NOT_CACHED and f.name not in old and f.default is not MISSING:
-                    old[f.name] = json.loads(json.dumps(f.default))
+            for f in fields(ProtectionConfig):  # a setting added after the folder was made: the value
+                if f.name not in self._NOT_CACHED and f.name not in old and f.default is not MISSING:  # used then
+                    old[f.name] = json.loads(json.dumps(self._BEFORE_OPTION.get(f.name, f.default)))
             diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
             if diff:
                 detail = ", ".join(f"{k}: {old.get(k)!r} -> {fp.get(k)!r}" for k in diff)
