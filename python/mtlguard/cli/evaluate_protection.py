@@ -76,7 +76,8 @@ def run(args) -> int:
             victim_lr=args.victim_lr, stl=not args.no_stl,
             stl_methods=tuple(split(args.stl_methods)) if args.stl_methods else None, surrogate_epochs=args.surrogate_epochs,
             sep_checkpoints=args.sep_checkpoints, gen_epochs=args.gen_epochs, gen_batch_size=args.gen_batch_size,
-            gen_train_steps=args.gen_train_steps, gen_delta_units=args.gen_delta_units, em_steps=args.em_steps, em_rounds=args.em_rounds,
+            gen_train_steps=args.gen_train_steps, gen_delta_units=args.gen_delta_units, em_steps=args.em_steps,
+            em_rounds=args.em_rounds,
             tap_steps=args.tap_steps, tap_step_size=args.tap_step_size / 255,
             at_eps=args.at_eps / 255, at_steps=args.at_steps, seed=args.seed, device=args.device,
             progress=not args.no_progress)

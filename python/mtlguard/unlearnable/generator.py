@@ -1,6 +1,7 @@
 """The MTL-UE perturbation generator (Yu et al., ICML 2025, Sec. 4.3-4.4, Fig. 3-4, A.2).
 
-``delta = Clip(D([E(x), e^1_{y1}, ..., e^K_{yK}]), -eps, eps)``, ``protected = clip(x + delta, 0, 1)``.
+``delta = Clip(s * D([E(x), e^1_{y1}, ..., e^K_{yK}]), -eps, eps)``, ``protected = clip(x + delta, 0, 1)``,
+with ``s = eps`` (``delta_units="eps"``, the default) or ``s = 1`` (``"raw"``, Alg. 1 as written).
 
 * Encoder E (A.2, "9 convolutional layers and x0.5 downsampling"): the ResNet-18 stem up to
   ``layer2`` -- 3x3/1 conv 64 -> BN -> ReLU -> layer1 (2 BasicBlocks, 64) -> layer2 (2 BasicBlocks,
