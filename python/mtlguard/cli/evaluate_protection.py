@@ -17,7 +17,7 @@ import json
 
 
 def add_parser(subparsers) -> None:
-    from ..unlearnable.cli_common import add_data_args
+    from ..unlearnable.cli_common import add_data_args, add_delta_units_arg
 
     p = subparsers.add_parser("evaluate-protection", help="train victims on protected data and report (Table 2 shape)",
                               description=__doc__.split("\n\n")[0])
@@ -45,9 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gen-epochs", type=int, default=10)
     p.add_argument("--gen-batch-size", type=int, default=128)
     p.add_argument("--gen-train-steps", type=int, default=10)
-    p.add_argument("--gen-delta-units", choices=["raw", "eps"], default="eps",
-                   help="generator output read in units of eps (eps) or as delta (raw, Alg. 1 as written); "
-                        "raw clips ~98%% of pixels at init and its MTL-UE-EM did not protect (default: %(default)s)")
+    add_delta_units_arg(p, "--gen-delta-units")
     p.add_argument("--em-steps", type=int, default=20)
     p.add_argument("--em-rounds", type=int, default=10)
     p.add_argument("--tap-steps", type=int, default=250)

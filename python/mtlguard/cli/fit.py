@@ -11,7 +11,7 @@ import json
 
 
 def add_parser(subparsers) -> None:
-    from ..unlearnable.cli_common import add_data_args
+    from ..unlearnable.cli_common import add_data_args, add_delta_units_arg
 
     p = subparsers.add_parser("fit", help="fit an MTL-UE generator (EM / TAP / SEP base loss) and save it",
                               description=__doc__.split("\n\n")[0])
@@ -29,9 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--surrogate-epochs", type=int, default=60, help="TAP/SEP: clean surrogate training epochs")
     p.add_argument("--sep-checkpoints", type=int, default=15)
     p.add_argument("--large-stem", action="store_true", help="7x7/2 + maxpool encoder stem (large images)")
-    p.add_argument("--delta-units", choices=["raw", "eps"], default="eps",
-                   help="decoder output read in units of eps (eps) or as delta (raw, Alg. 1 as written); "
-                        "raw clips ~98%% of pixels at init and its MTL-UE-EM did not protect (default: %(default)s)")
+    add_delta_units_arg(p, "--delta-units")
     p.add_argument("--out", required=True, help="output folder (generator.safetensors + generator.json + fit state)")
     p.set_defaults(func=run)
 

@@ -19,6 +19,13 @@ def add_data_args(p: argparse.ArgumentParser, split_default: str = "train") -> N
     p.add_argument("--no-progress", action="store_true")
 
 
+def add_delta_units_arg(p: argparse.ArgumentParser, flag: str) -> None:
+    """``flag`` (``--delta-units`` / ``--gen-delta-units``): :class:`MTLUEGenerator`'s ``delta_units``."""
+    p.add_argument(flag, choices=["raw", "eps"], default="eps",
+                   help="generator output read in units of eps (eps) or as delta (raw, Alg. 1 as written); "
+                        "raw clips ~98%% of pixels at init and its MTL-UE-EM did not protect (default: %(default)s)")
+
+
 def load_split(args, split: str, subset: int | None):
     """The dataset split named by the CLI options, restricted to ``--tasks``."""
     from ..data import build_dataset, select_tasks
