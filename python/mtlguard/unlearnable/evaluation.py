@@ -35,7 +35,7 @@ from ..atomic import atomic_write, atomic_write_text
 from ..data.imageio import atomic_save_npy
 from ..data.tasks import TaskSpec
 from .fitting import FitConfig, fit_generator
-from .generator import DELTA_UNITS, MTLUEGenerator
+from .generator import DELTA_UNITS, LEGACY_DELTA_UNITS, MTLUEGenerator
 from .patterns import ClasswisePatterns
 from .protect import (DEFENSES, ProtectedDataset, generator_protector, pattern_protector, protect_images,
                       table_protector)
@@ -131,7 +131,7 @@ class ProtectionBenchmark:
     #: settings that do not change any cached artifact (rows, defenses and STL choice only pick what runs)
     _NOT_CACHED = ("methods", "defenses", "stl", "stl_methods", "device", "progress")
     #: what folders recorded before a setting existed were made with, where that is not today's default
-    _BEFORE_OPTION = {"gen_delta_units": "raw"}
+    _BEFORE_OPTION = {"gen_delta_units": LEGACY_DELTA_UNITS}
 
     def work_fingerprint(self) -> dict:
         """What the cached surrogates, generators, protected sets and victims under ``out_dir`` depend on."""

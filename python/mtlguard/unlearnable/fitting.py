@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from ..atomic import atomic_write, atomic_write_text
 from .augment import differentiable_augment
 from .base_losses import BASE_LOSSES, base_loss, classification_accuracy
-from .generator import MTLUEGenerator
+from .generator import LEGACY_DELTA_UNITS, MTLUEGenerator
 from .regularizers import LAMBDA_INTER, LAMBDA_INTRA, inter_er, intra_er
 from .surrogate import ensemble_from_snapshots, infinite_batches, make_loader, to_device, train_step
 
@@ -101,7 +101,7 @@ def protected_accuracy(generator: MTLUEGenerator, model: nn.Module, dataset: Dat
 def _legacy_fingerprint(cfg: FitConfig, generator: MTLUEGenerator) -> str | None:
     """The fingerprint a state saved before ``delta_units`` existed has (only ``raw`` generators)."""
     gcfg = generator.config()
-    if gcfg.pop("delta_units", "raw") != "raw":
+    if gcfg.pop("delta_units") != LEGACY_DELTA_UNITS:
         return None
     return json.dumps({"fit": asdict(cfg), "generator": gcfg}, sort_keys=True)
 

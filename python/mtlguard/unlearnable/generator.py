@@ -50,6 +50,8 @@ from ..data.tasks import TaskSpec, validate_tasks
 EMB_CHANNELS = 16
 #: how the decoder output is read before the clip: ``raw`` (Alg. 1) or in units of ``eps``
 DELTA_UNITS = ("raw", "eps")
+#: what generators, fit states and work folders saved before ``delta_units`` existed were made with
+LEGACY_DELTA_UNITS = "raw"
 Z_CHANNELS = 128
 FORMAT_VERSION = 1
 
@@ -312,7 +314,7 @@ class MTLUEGenerator(nn.Module):
         tasks = [TaskSpec.from_dict(d) for d in cfg["tasks"]]
         return cls(tasks, in_channels=cfg["in_channels"], image_size=tuple(cfg["image_size"]), eps=cfg["eps"],
                    emb_channels=cfg["emb_channels"], large_stem=cfg["large_stem"],
-                   delta_units=cfg.get("delta_units", "raw"))  # saved before the option: raw
+                   delta_units=cfg.get("delta_units", LEGACY_DELTA_UNITS))
 
     def save(self, path: str | os.PathLike, extra: Mapping | None = None) -> Path:
         """Write ``<path>`` (safetensors weights) and ``<path>.json`` (config), both atomically.
