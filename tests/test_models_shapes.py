@@ -41,7 +41,8 @@ def test_resnet18_every_task_kind_shapes_and_activations():
     assert set(model.heads) == {t.name for t in ALL_KINDS}
 
 
-@pytest.mark.parametrize("arch,feat", [("resnet50", 2048), ("vgg16", 512), ("densenet121", 1024), ("vit_b_16", 768)])
+@pytest.mark.parametrize("arch,feat", [("resnet50", 2048), ("vgg11", 512), ("vgg16", 512), ("densenet121", 1024),
+                                       ("mobilenet_v3_small", 576), ("vit_b_16", 768)])
 def test_other_archs_small_inputs(arch, feat):
     tasks = [TaskSpec("c", "multiclass", 3), TaskSpec("seg", "segmentation", 2)]
     model = build_model(tasks, arch, image_size=32).eval()
@@ -83,7 +84,8 @@ def test_pretrained_never_downloads_and_local_weights_load(tmp_path):
     torch.save(ref.state_dict(), path)
     m = build_model([TaskSpec("c", "multiclass", 2)], "resnet18", pretrained=True, weights_path=path)
     torch.testing.assert_close(m.backbone.layer3[0].conv1.weight, ref.layer3[0].conv1.weight)
-    assert set(ARCHS) == {"resnet18", "resnet50", "vgg16", "densenet121", "vit_b_16", "small_cnn"}
+    assert set(ARCHS) == {"resnet18", "resnet50", "vgg11", "vgg16", "densenet121", "mobilenet_v3_small", "vit_b_16",
+                          "small_cnn"}
 
 
 def test_save_and_load_model_roundtrip(tmp_path):

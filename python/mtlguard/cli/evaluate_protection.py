@@ -2,6 +2,17 @@
 victims on it (optionally behind ISS defenses), and report clean-test metrics next to the
 clean-trained victims (MTL-UE Tables 2, 3, 8, 12 + a Fig. 6 image grid).
 
+Two protocols:
+
+* ``--protocol memory`` (default): generators fitted and applied at ``--image-size`` in memory; victims of
+  the surrogate's architecture (MTL-UE's Table 2 setting).
+* ``--protocol deploy``: the realistic path (:mod:`mtlguard.unlearnable.deploy`): load the data at its
+  native size (``--image-size 200`` for UTKFace), protect the training files with ``mtlguard-engine``,
+  train a victim zoo (``--victims``) the way other code does, behind every defense, and report the
+  protection ratio PR per task.  ``--generator GEN`` adds a given generator (``.onnx`` / ``.safetensors``)
+  as a row instead of fitting one; ``mtl-ue-*`` rows are fitted with the robust-fitting options
+  (``--gen-size``, ``--delta-channels``, ``--eot``, ``--adv-*``).
+
 Writes ``<out>/<prefix>.json``, ``.md`` and ``.png``; intermediate results (protected images,
 generators, victims) live in ``<work>`` so an interrupted run resumes.
 
@@ -17,18 +28,25 @@ import json
 
 
 def add_parser(subparsers) -> None:
-    from ..unlearnable.cli_common import add_data_args, add_delta_units_arg
+    from ..unlearnable.cli_common import add_data_args, add_delta_units_arg, add_robust_fit_args
+    from ..unlearnable.deploy import DEFAULT_VICTIMS
 
     p = subparsers.add_parser("evaluate-protection", help="train victims on protected data and report (Table 2 shape)",
                               description=__doc__.split("\n\n")[0])
     add_data_args(p)
+    p.add_argument("--protocol", choices=["memory", "deploy"], default="memory",
+                   help="memory: in-memory Table 2 protocol; deploy: engine-written files, victim zoo, defenses, PR "
+                        "(default: %(default)s)")
     p.add_argument("--test-split", default="test")
     p.add_argument("--test-subset", type=int, default=None)
-    p.add_argument("--methods", default="clean,ar-patch,lsp-patch,mtl-ue-em,mtl-ue-tap",
-                   help="comma list of clean, lsp-patch, ar-patch, lsp-average, ar-average, em, tap, sep, "
-                        "mtl-ue-em, mtl-ue-tap, mtl-ue-sep; partial protection: mtl-ue-tap:age+race")
-    p.add_argument("--defenses", default="none", help="comma list of none, jpeg, grayscale, bdr (ISS on the protected train set), "
-                        "at (adversarially trained victims, see --at-eps/--at-steps)")
+    p.add_argument("--methods", default=None,
+                   help="memory protocol (default clean,ar-patch,lsp-patch,mtl-ue-em,mtl-ue-tap): comma list of clean, lsp-patch, ar-patch, lsp-average, ar-average, em, tap, sep, "
+                        "mtl-ue-em, mtl-ue-tap, mtl-ue-sep; partial protection: mtl-ue-tap:age+race.  deploy protocol (default "
+                        "clean,bundled): clean, bundled (the shipped default generator), mtl-ue-em/tap/sep (fitted with the "
+                        "robust-fitting options), tap, em, sep, lsp-patch, ar-patch")
+    p.add_argument("--defenses", default=None,
+                   help="memory protocol: comma list of none, jpeg, grayscale, bdr (ISS on the protected train set), at "
+                        "(default none); deploy protocol: standard, grayscale, jpeg10, bdr2, blur, mixup, at (default all)")
     p.add_argument("--at-eps", type=float, default=4.0, help="defense 'at': victims' PGD-AT L-inf bound in 1/255 units")
     p.add_argument("--at-steps", type=int, default=5, help="defense 'at': PGD steps per training batch")
     p.add_argument("--eps", type=float, default=8.0, help="L-inf bound in 1/255 units")
@@ -54,22 +72,43 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prefix", default="protection")
     p.add_argument("--work", default=None, help="cache/resume folder (default: <out>/<prefix>_work)")
     p.add_argument("--note", default="", help="free text appended to the Markdown report")
+    g = p.add_argument_group("deploy protocol")
+    g.add_argument("--generator", action="append", default=[], metavar="GEN",
+                   help="evaluate this generator file (.onnx or .safetensors) as a row; repeatable")
+    g.add_argument("--victims", default=",".join(DEFAULT_VICTIMS),
+                   help="comma list of ARCH@SIZE[:WEIGHTING][xSEEDS] (default: %(default)s)")
+    g.add_argument("--defense-victim", default="resnet18@32", help="victim trained behind every defense "
+                   "(default: %(default)s)")
+    g.add_argument("--jpeg-victims", default="resnet18@32,resnet18@64",
+                   help="victims of the JPEG-output rows (default: %(default)s)")
+    g.add_argument("--jpeg-quality", type=int, default=90, help="engine JPEG output quality (default: %(default)s)")
+    g.add_argument("--crop-scale", default="0.35,1", help="victims' RandomResizedCrop scale range "
+                   "(default: %(default)s)")
+    g.add_argument("--average-last", type=int, default=3, help="test accuracy = mean of the last N epochs "
+                   "(default: %(default)s)")
+    g.add_argument("--max-jobs", type=int, default=None, help="stop after this many new victim runs (resume later)")
+    g.add_argument("--time-budget", type=float, default=None, help="start no new victim run after this many minutes")
+    add_robust_fit_args(g)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.protocol == "deploy":
+        from .deploy_protocol import run_deploy
+
+        return run_deploy(args)
     from pathlib import Path
 
     from ..unlearnable.cli_common import command_line, load_split
     from ..unlearnable.evaluation import ProtectionBenchmark, ProtectionConfig, write_report
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-    methods = tuple(split(args.methods))
+    methods = tuple(split(args.methods or "clean,ar-patch,lsp-patch,mtl-ue-em,mtl-ue-tap"))
     if "clean" not in methods:
         methods = ("clean",) + methods
     try:
         cfg = ProtectionConfig(
-            methods=methods, defenses=tuple(split(args.defenses)), eps=args.eps / 255,
+            methods=methods, defenses=tuple(split(args.defenses or "none")), eps=args.eps / 255,
             arch=args.arch, victim_epochs=args.victim_epochs, victim_batch_size=args.victim_batch_size,
             victim_lr=args.victim_lr, stl=not args.no_stl,
             stl_methods=tuple(split(args.stl_methods)) if args.stl_methods else None, surrogate_epochs=args.surrogate_epochs,

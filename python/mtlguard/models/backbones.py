@@ -14,9 +14,10 @@ Adaptation to small inputs (MTL-UE Sec. 5.1 lists ResNet-18/50, VGG-16, DenseNet
   Measured training throughput on the shared 2-core CPU (heavily loaded by other jobs, load 7-15):
   64x64 ~54 img/s (2 threads) / ~13 img/s (1 thread, load 13), 32x32 ~25 img/s (1 thread, load 13);
   the 3x3/1 stem ran at 1-4 img/s at 64x64.  ``stem="cifar"`` remains available (GPUs, tiny images).
-* VGG-16 uses the batch-norm variant (``vgg16_bn``) because victims train from scratch; its 4096-wide
+* VGG-11 / VGG-16 use the batch-norm variants (``vgg11_bn`` / ``vgg16_bn``) because victims train from scratch; its 4096-wide
   classifier is dropped (heads are linear on the pooled 512-d features).
 * DenseNet-121 uses torchvision's ``features`` (+ ReLU), stem unchanged.
+* MobileNetV3-small uses torchvision's ``features`` (stem unchanged); victims the surrogates never saw.
 * ViT-B/16 is torchvision's ``VisionTransformer`` with ``image_size`` set to the input size and the
   patch size reduced for small images (``image_size // 8`` capped at 16, i.e. 8x8 patch tokens at <=128 px).
 
@@ -34,7 +35,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-ARCHS = ("resnet18", "resnet50", "vgg16", "densenet121", "vit_b_16", "small_cnn")
+ARCHS = ("resnet18", "resnet50", "vgg11", "vgg16", "densenet121", "mobilenet_v3_small", "vit_b_16", "small_cnn")
+_VGG_CFG = {"vgg11": "A", "vgg16": "D"}
 
 
 @dataclass
@@ -110,22 +112,23 @@ class ResNetBackbone(Backbone):
 
 
 class VGGBackbone(Backbone):
-    def __init__(self, in_channels: int, pretrained: bool, weights_path) -> None:
+    def __init__(self, in_channels: int, pretrained: bool, weights_path, arch: str = "vgg16") -> None:
         super().__init__()
         from torchvision.models.vgg import cfgs, make_layers
 
-        net = nn.Module()  # only `features` (keys match torchvision's vgg16_bn state dict); no 4096-wide classifier
-        net.features = make_layers(cfgs["D"], batch_norm=True)
+        net = nn.Module()  # only `features` (keys match torchvision's vggXX_bn state dict); no 4096-wide classifier
+        net.features = make_layers(cfgs[_VGG_CFG[arch]], batch_norm=True)
         for m in net.features.modules():  # torchvision's VGG init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-        _load_local_weights(net, "vgg16", weights_path, pretrained)
+        _load_local_weights(net, arch, weights_path, pretrained)
         feats = list(net.features)
         feats[0] = _adapt_in_channels(feats[0], in_channels)
-        # vgg16_bn: index 13 is the 2nd maxpool (stride 4)
-        self.low = nn.Sequential(*feats[:14])
-        self.high = nn.Sequential(*feats[14:])
+        # split after the 2nd maxpool (stride 4): index 13 in vgg16_bn, 7 in vgg11_bn
+        pools = [i for i, m in enumerate(feats) if isinstance(m, nn.MaxPool2d)]
+        self.low = nn.Sequential(*feats[:pools[1] + 1])
+        self.high = nn.Sequential(*feats[pools[1] + 1:])
         self.low_channels, self.high_channels, self.out_dim = 128, 512, 512
 
     def forward(self, x):
@@ -179,6 +182,25 @@ class ViTBackbone(Backbone):
         return BackboneOutput(tokens[:, 0], [grid, grid])
 
 
+class MobileNetV3Backbone(Backbone):
+    """torchvision's MobileNetV3-small ``features`` (hardswish, squeeze-excitation); split at stride 4."""
+
+    def __init__(self, in_channels: int, pretrained: bool, weights_path) -> None:
+        super().__init__()
+        net = torchvision.models.mobilenet_v3_small(weights=None)
+        _load_local_weights(net, "mobilenet_v3_small", weights_path, pretrained)
+        feats = list(net.features)
+        feats[0][0] = _adapt_in_channels(feats[0][0], in_channels)
+        self.low = nn.Sequential(*feats[:2])  # stem (stride 2) + first block (stride 2): 16 channels
+        self.high = nn.Sequential(*feats[2:])  # 576 channels
+        self.low_channels, self.high_channels, self.out_dim = 16, 576, 576
+
+    def forward(self, x):
+        low = self.low(x)
+        high = self.high(low)
+        return BackboneOutput(high.mean((2, 3)), [low, high])
+
+
 def _cbr(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -204,8 +226,10 @@ def build_backbone(arch: str, in_channels: int = 3, image_size: int = 64, stem: 
     """A :class:`Backbone` for ``arch`` in :data:`ARCHS` (see the module docstring for adaptations)."""
     if arch in ("resnet18", "resnet50"):
         return ResNetBackbone(arch, in_channels, stem, pretrained, weights_path)
-    if arch == "vgg16":
-        return VGGBackbone(in_channels, pretrained, weights_path)
+    if arch in _VGG_CFG:
+        return VGGBackbone(in_channels, pretrained, weights_path, arch)
+    if arch == "mobilenet_v3_small":
+        return MobileNetV3Backbone(in_channels, pretrained, weights_path)
     if arch == "densenet121":
         return DenseNetBackbone(in_channels, pretrained, weights_path)
     if arch == "small_cnn":

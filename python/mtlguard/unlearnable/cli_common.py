@@ -26,6 +26,42 @@ def add_delta_units_arg(p: argparse.ArgumentParser, flag: str) -> None:
                         "raw clips ~98%% of pixels at init and its MTL-UE-EM did not protect (default: %(default)s)")
 
 
+def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
+    """Robust-fitting options (see :mod:`mtlguard.unlearnable.fitting`'s module notes)."""
+    p.add_argument("--gen-size", type=int, default=None,
+                   help="generator input side; smaller than --image-size = fit at the images' own size through the "
+                        "engine's recipe (default: --image-size)")
+    p.add_argument("--delta-channels", choices=["all", "luma"], default="all",
+                   help="one perturbation plane per channel, or one luma plane for all (default: %(default)s)")
+    p.add_argument("--eot", choices=["none", "victim"], default="none",
+                   help="victim: L_b over random victim pipelines (uint8, grayscale/JPEG/blur/BDR, random-resized-crop "
+                        "to --eot-sizes, flip) (default: %(default)s)")
+    p.add_argument("--eot-sizes", default="32,40,48,56,64",
+                   help="victim input sides drawn by --eot victim (default: %(default)s)")
+    p.add_argument("--eot-defenses", type=float, default=1.0,
+                   help="scale of the grayscale/JPEG/blur/BDR probabilities (0 = crops only) (default: %(default)s)")
+    p.add_argument("--adv-eps", type=float, default=0.0,
+                   help="REM-style adversarial views: L-inf radius in 1/255 units (0 = off) (default: %(default)s)")
+    p.add_argument("--adv-steps", type=int, default=0,
+                   help="PGD steps of the adversarial views (default: %(default)s)")
+
+
+def eot_config(args):
+    """The :class:`EOTConfig` the robust-fitting options ask for, or ``None``."""
+    from .eot import EOTConfig
+
+    if getattr(args, "eot", "none") == "none":
+        return None
+    try:
+        sizes = tuple(int(s) for s in args.eot_sizes.split(",") if s.strip())
+        base = EOTConfig()
+        f = float(args.eot_defenses)
+        return EOTConfig(sizes=sizes, p_gray=base.p_gray * f, p_jpeg=base.p_jpeg * f, p_blur=base.p_blur * f,
+                         p_bdr=base.p_bdr * f)
+    except ValueError as e:
+        raise SystemExit(f"--eot-sizes / --eot-defenses: {e}") from None
+
+
 def load_split(args, split: str, subset: int | None):
     """The dataset split named by the CLI options, restricted to ``--tasks``."""
     from ..data import build_dataset, select_tasks

@@ -29,6 +29,13 @@ with ``s = eps`` (``delta_units="eps"``, the default) or ``s = 1`` (``"raw"``, A
   victims learned as on clean data; with ``"eps"`` it reached 0.89 and the victims' age / race fell
   below the majority rate.  The TAP loss after 30 rounds was 5.63 (``"eps"``) vs 5.86 (``"raw"``).
   Generators saved before the option load as ``"raw"``.
+* ``delta_channels`` (our choice; default ``"all"``): ``"luma"`` makes D output one plane that is
+  replicated to the image's channels.  The ISS grayscale defense, ``Y = 0.299 R + 0.587 G + 0.114 B``,
+  then leaves the perturbation unchanged (the weights sum to 1), and JPEG stores it in the finely
+  quantized, full-resolution luma channel rather than in subsampled chroma.
+* :meth:`MTLUEGenerator.protect_native` applies the generator to an image of any size exactly as
+  ``mtlguard-engine`` does (resize to the generator's size, delta upsampled bilinearly, re-clipped to eps,
+  added), differentiably: robust fitting (:mod:`.eot`) optimizes what the engine writes.
 
 Image size must be divisible by 2 (by 8 with ``large_stem``).
 """
@@ -52,6 +59,10 @@ EMB_CHANNELS = 16
 DELTA_UNITS = ("raw", "eps")
 #: what generators, fit states and work folders saved before ``delta_units`` existed were made with
 LEGACY_DELTA_UNITS = "raw"
+#: which channels the perturbation has: one per image channel (``all``, Alg. 1) or one luma plane
+#: replicated to every channel (``luma``: grayscale conversion keeps it exactly; JPEG keeps luma at full
+#: resolution and quantizes it more finely than chroma)
+DELTA_CHANNELS = ("all", "luma")
 Z_CHANNELS = 128
 FORMAT_VERSION = 1
 
@@ -155,6 +166,8 @@ class MTLUEGenerator(nn.Module):
         large_stem: 7x7/2 + max-pool stem (z at H/8) instead of the 3x3/1 stem (z at H/2).
         delta_units: ``"eps"`` (``Clip(eps * D(.))``, default) or ``"raw"`` (Alg. 1 as written, ``Clip(D(.))``);
             see the module notes for why ``"eps"`` is the default.
+        delta_channels: ``"all"`` (one perturbation plane per image channel) or ``"luma"`` (one plane
+            replicated to every channel; see the module notes).
 
     ``labels``: int64 ``[N, K]`` over the classification tasks in ``tasks`` order (``-1`` = that
     task is not protected for that sample).  ``dense``: ``{task name: target}`` for dense tasks.
@@ -169,6 +182,7 @@ class MTLUEGenerator(nn.Module):
         emb_channels: int = EMB_CHANNELS,
         large_stem: bool = False,
         delta_units: str = "eps",
+        delta_channels: str = "all",
     ):
         super().__init__()
         self.tasks = validate_tasks(tasks)
@@ -188,7 +202,10 @@ class MTLUEGenerator(nn.Module):
             raise ValueError(f"MTLUEGenerator: eps must be in (0, 1], got {eps}")
         if delta_units not in DELTA_UNITS:
             raise ValueError(f"MTLUEGenerator: delta_units must be one of {DELTA_UNITS}, got {delta_units!r}")
+        if delta_channels not in DELTA_CHANNELS:
+            raise ValueError(f"MTLUEGenerator: delta_channels must be one of {DELTA_CHANNELS}, got {delta_channels!r}")
         self.delta_units = delta_units
+        self.delta_channels = delta_channels
         self.in_channels = int(in_channels)
         self.image_size = (h, w)
         self.eps = float(eps)
@@ -211,7 +228,7 @@ class MTLUEGenerator(nn.Module):
             for t in self.dense_tasks
         })
         cin = Z_CHANNELS + self.emb_channels * len(self.tasks)
-        self.decoder = _decoder(cin, self.in_channels, self.large_stem)
+        self.decoder = _decoder(cin, 1 if delta_channels == "luma" else self.in_channels, self.large_stem)
 
     # --- embeddings ------------------------------------------------------------------------------
     @property
@@ -257,7 +274,8 @@ class MTLUEGenerator(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------------
     def perturbation(self, image: torch.Tensor, labels: torch.Tensor, dense: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Raw decoder output ``D([E(x), e...])`` (before the clip)."""
+        """Raw decoder output ``D([E(x), e...])`` (before the clip), with the image's channel count
+        (a ``luma`` plane is replicated)."""
         if image.dim() != 4 or image.shape[1] != self.in_channels or tuple(image.shape[2:]) != self.image_size:
             raise ValueError(f"MTLUEGenerator: image must be [N, {self.in_channels}, {self.image_size[0]}, "
                              f"{self.image_size[1]}], got {tuple(image.shape)}")
@@ -281,7 +299,10 @@ class MTLUEGenerator(nn.Module):
                     raise KeyError(f"MTLUEGenerator: dense label map for task {t.name!r} missing")
                 parts.append(self.embedders[t.name](dense_label_input(t, dense[t.name]).to(z.dtype)))
             feats = torch.cat(parts, 1)
-        return self.decoder(feats)
+        out = self.decoder(feats)
+        if out.shape[1] != self.in_channels:
+            out = out.expand(-1, self.in_channels, -1, -1)
+        return out
 
     def forward(self, image: torch.Tensor, labels: torch.Tensor, dense: Mapping[str, torch.Tensor] | None = None):
         """``(protected, delta)`` with ``|delta| <= eps`` and ``protected = clip(image + delta, 0, 1)``."""
@@ -289,6 +310,24 @@ class MTLUEGenerator(nn.Module):
         if self.delta_units == "eps":
             raw = raw * self.eps
         return ops.project_linf(image, raw, self.eps)
+
+    def protect_native(self, image: torch.Tensor, labels: torch.Tensor,
+                       dense: Mapping[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(protected, delta)`` at ``image``'s own size, as ``mtlguard-engine`` computes it (differentiable).
+
+        The image is resized to :attr:`image_size` (antialiased bilinear, as the engine's Pillow resize),
+        the generator's delta (already box-projected there) is upsampled bilinearly with half-pixel centres
+        (equal to Pillow's bilinear enlargement), re-clipped to ``[-eps, eps]`` and added; the sum is
+        clipped to ``[0, 1]``.  Rounding to uint8 is left to the caller (the engine rounds;
+        :func:`mtlguard.unlearnable.eot.quantize_uint8` rounds straight-through)."""
+        size = tuple(image.shape[-2:])
+        if size == self.image_size:
+            return self(image, labels, dense)
+        small = F.interpolate(image, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+        _, delta = self(small, labels, dense)
+        up = F.interpolate(delta, size=size, mode="bilinear", align_corners=False).clamp(-self.eps, self.eps)
+        protected = (image + up).clamp(0, 1)
+        return protected, protected - image
 
     # --- persistence -----------------------------------------------------------------------------
     def config(self) -> dict:
@@ -303,6 +342,7 @@ class MTLUEGenerator(nn.Module):
             "emb_channels": self.emb_channels,
             "large_stem": self.large_stem,
             "delta_units": self.delta_units,
+            "delta_channels": self.delta_channels,
             "class_tasks": [t.name for t in self.class_tasks],
             "dense_tasks": [t.name for t in self.dense_tasks],
         }
@@ -314,7 +354,8 @@ class MTLUEGenerator(nn.Module):
         tasks = [TaskSpec.from_dict(d) for d in cfg["tasks"]]
         return cls(tasks, in_channels=cfg["in_channels"], image_size=tuple(cfg["image_size"]), eps=cfg["eps"],
                    emb_channels=cfg["emb_channels"], large_stem=cfg["large_stem"],
-                   delta_units=cfg.get("delta_units", LEGACY_DELTA_UNITS))
+                   delta_units=cfg.get("delta_units", LEGACY_DELTA_UNITS),
+                   delta_channels=cfg.get("delta_channels", "all"))
 
     def save(self, path: str | os.PathLike, extra: Mapping | None = None) -> Path:
         """Write ``<path>`` (safetensors weights) and ``<path>.json`` (config), both atomically.

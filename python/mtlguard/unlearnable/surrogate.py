@@ -8,7 +8,7 @@ evenly spaced weight snapshots (SEP's checkpoint ensemble).
 from __future__ import annotations
 
 import copy
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -64,11 +64,16 @@ def to_device(targets: Mapping[str, torch.Tensor], device) -> dict[str, torch.Te
 
 
 def train_step(model: nn.Module, tasks: Sequence[TaskSpec], optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               targets: Mapping[str, torch.Tensor], augment: bool = True, rng: torch.Generator | None = None,
+               targets: Mapping[str, torch.Tensor], augment: bool | Callable = True, rng: torch.Generator | None = None,
                grad_clip: float | None = 5.0) -> float:
-    """One LS training step of ``model`` on ``(x, targets)`` (x already on the device)."""
+    """One LS training step of ``model`` on ``(x, targets)`` (x already on the device).
+
+    ``augment``: ``True`` = crop + flip (A.2), or a callable ``(x, rng) -> x`` (e.g. an EOT
+    :class:`mtlguard.unlearnable.eot.VictimView`), or ``False``."""
     model.train()
-    if augment:
+    if callable(augment):
+        x = augment(x, rng)
+    elif augment:
         x = differentiable_augment(x, rng)
     loss = em_loss(tasks, model(x), targets)
     optimizer.zero_grad(set_to_none=True)
@@ -81,7 +86,7 @@ def train_step(model: nn.Module, tasks: Sequence[TaskSpec], optimizer: torch.opt
 
 def train_clean_surrogate(model: nn.Module, tasks: Sequence[TaskSpec], dataset: Dataset, epochs: int = 10,
                           batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-                          n_snapshots: int = 15, augment: bool = True, progress: bool = True) -> list[dict]:
+                          n_snapshots: int = 15, augment: bool | Callable = True, progress: bool = True) -> list[dict]:
     """Train ``model`` on clean data with Adam + MultiStepLR(0.6, 0.8 of training, gamma 0.1) (A.2)
     and return ``n_snapshots`` weight snapshots taken at evenly spaced steps (the last is the final
     model).  The snapshots are SEP's checkpoint ensemble (15 for classification, 10 for dense, A.1)."""

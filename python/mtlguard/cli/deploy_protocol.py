@@ -1,0 +1,131 @@
+"""``mtlguard evaluate-protection --protocol deploy``: the command-line side of
+:mod:`mtlguard.unlearnable.deploy` (options -> :class:`DeployConfig`, fit recipe, report)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def _split(s: str | None) -> list[str]:
+    return [x.strip() for x in (s or "").split(",") if x.strip()]
+
+
+def deploy_config(args):
+    from ..unlearnable.deploy import DeployConfig
+    from ..unlearnable.victims import DEFENSES, VictimRecipe
+
+    methods = _split(args.methods) or ["clean", "bundled"]
+    methods = (["clean"] if "clean" not in methods else []) + methods + [f"gen:{g}" for g in args.generator]
+    try:
+        lo, hi = (float(v) for v in _split(args.crop_scale))
+        recipe = VictimRecipe(epochs=args.victim_epochs, batch_size=args.victim_batch_size, lr=args.victim_lr,
+                              crop_scale=(lo, hi), average_last=args.average_last, at_eps=args.at_eps / 255,
+                              at_steps=args.at_steps)
+        return DeployConfig(methods=tuple(methods), victims=tuple(_split(args.victims)),
+                            defenses=tuple(_split(args.defenses) or DEFENSES), defense_victim=args.defense_victim,
+                            jpeg_victims=tuple(_split(args.jpeg_victims)), jpeg_quality=args.jpeg_quality,
+                            recipe=recipe, eps=args.eps / 255, seed=args.seed, progress=not args.no_progress)
+    except ValueError as e:
+        raise SystemExit(f"evaluate-protection: {e}") from None
+
+
+def fit_recipe_for(args, train_set, work: Path):
+    """``method -> ONNX path``: fit ``mtl-ue-<base>`` with the robust-fitting options (cached), export it."""
+    from ..unlearnable.cli_common import eot_config
+    from ..unlearnable.fitting import FitConfig
+    from ..unlearnable.recipes import GeneratorRecipe, fit_recipe
+
+    def fit(method: str) -> Path:
+        out = work / "generators" / method
+        onnx = out / "generator.onnx"
+        if onnx.is_file():
+            return onnx
+        cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
+                        train_steps=args.gen_train_steps, seed=args.seed, eot=eot_config(args),
+                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps)
+        recipe = GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=args.eps / 255, delta_units=args.gen_delta_units,
+                                 delta_channels=args.delta_channels, surrogate_archs=(args.arch,),
+                                 surrogate_epochs=args.surrogate_epochs, sep_checkpoints=args.sep_checkpoints)
+        gen, _ = fit_recipe(recipe, train_set, out, device=args.device, progress=not args.no_progress)
+        from mtlguard.export import export_onnx
+
+        export_onnx(gen, onnx)
+        return onnx
+
+    return fit
+
+
+def _in_memory_benchmark(args, cfg, work: Path):
+    """The generator-resolution benchmark that computes sample-wise / pattern rows (only when asked for)."""
+    from ..unlearnable.cli_common import load_split
+    from ..unlearnable.deploy import IN_MEMORY
+    from ..unlearnable.evaluation import ProtectionBenchmark, ProtectionConfig
+
+    wanted = [m for m in cfg.methods if m in IN_MEMORY]
+    if not wanted:
+        return None
+    size = args.gen_size or 32
+    small = type(args)(**{**vars(args), "image_size": size})
+    pcfg = ProtectionConfig(methods=("clean", *wanted), eps=cfg.eps, arch=args.arch, surrogate_epochs=args.surrogate_epochs,
+                            sep_checkpoints=args.sep_checkpoints, gen_batch_size=args.gen_batch_size,
+                            em_steps=args.em_steps, em_rounds=args.em_rounds, tap_steps=args.tap_steps,
+                            tap_step_size=args.tap_step_size / 255, seed=args.seed, device=args.device,
+                            progress=not args.no_progress)
+    return ProtectionBenchmark(load_split(small, args.split, args.subset), load_split(small, args.test_split,
+                               args.test_subset), pcfg, work / "in_memory")
+
+
+def _check_work(work: Path, fingerprint: dict) -> None:
+    from ..atomic import atomic_write_text
+
+    path = work / "deploy_config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
+            raise SystemExit(f"evaluate-protection: work folder {work} holds results made with other settings "
+                             f"({detail}); use another --work folder, or the same settings to resume")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(fingerprint, indent=1, sort_keys=True))
+
+
+def run_deploy(args) -> int:
+    from ..unlearnable.cli_common import command_line, load_split
+    from ..unlearnable.deploy import DeployProtocol, method_label, plan_jobs
+    from ..unlearnable.deploy_report import write_deploy_report
+    from ..unlearnable.evaluation import majority_rates
+
+    cfg = deploy_config(args)
+    out = Path(args.out)
+    work = Path(args.work) if args.work else out / f"{args.prefix}_work"
+    train_set = load_split(args, args.split, args.subset)
+    test_set = load_split(args, args.test_split, args.test_subset)
+    fingerprint = {"recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed, "native_size": args.image_size,
+                   "train": getattr(train_set, "_cache_name", None), "test": getattr(test_set, "_cache_name", None),
+                   "fit": {k: getattr(args, k) for k in ("gen_size", "delta_channels", "eot", "eot_sizes", "eot_defenses",
+                                                         "adv_eps", "adv_steps", "gen_epochs", "gen_batch_size",
+                                                         "gen_train_steps", "gen_delta_units", "arch",
+                                                         "surrogate_epochs")}}
+    _check_work(work, json.loads(json.dumps(fingerprint)))
+    protocol = DeployProtocol(train_set, test_set, cfg, work, fit_options=fit_recipe_for(args, train_set, work),
+                              in_memory=_in_memory_benchmark(args, cfg, work))
+    deadline = time.time() + 60 * args.time_budget if args.time_budget else None
+    protocol.run(max_jobs=args.max_jobs, deadline=deadline)
+    planned = plan_jobs(cfg)
+    keys = {j.key for j in planned}
+    results = {k: v for k, v in protocol.cached().items() if k in keys}
+    tasks = [t.name for t in train_set.tasks]
+    config = {"methods": list(cfg.methods), "victims": list(cfg.victims), "defenses": list(cfg.defenses),
+              "defense_victim": cfg.defense_victim, "jpeg_victims": list(cfg.jpeg_victims),
+              "jpeg_quality": cfg.jpeg_quality, "recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed,
+              "device": args.device, "native_size": args.image_size, "train_size": len(train_set),
+              "test_size": len(test_set), "fit": fingerprint["fit"]}
+    paths = write_deploy_report(results, tasks=tasks, majority=majority_rates(test_set, train_set.tasks),
+                                config=config, stem=out / args.prefix, command=command_line(args),
+                                planned=len(planned), label=method_label, extra_md=args.note)
+    print(json.dumps({**{k: str(v) for k, v in paths.items()}, "finished": len(results), "planned": len(planned)},
+                     indent=2))
+    return 0

@@ -1,0 +1,301 @@
+"""The deployment protocol: protection measured on what ``mtlguard-engine`` writes, by victims trained the
+way other people train (``mtlguard evaluate-protection --protocol deploy``).
+
+1. **Protected training files by the deployment path.**  Each generator row is exported to ONNX and run
+   by :func:`mtlguard.engine.protect_directory` over copies of the native-resolution training files
+   (UTKFace: 200x200 JPEGs), written as PNG (or JPEG at ``jpeg_quality``), then decoded back.  Victims
+   never see in-memory generator tensors.  Rows that are not generators (sample-wise TAP / EM / SEP,
+   LSP / AR patterns) are computed at the generator resolution by
+   :class:`mtlguard.unlearnable.evaluation.ProtectionBenchmark` and applied at native resolution by
+   the engine's own step (:func:`mtlguard.engine.perturb.apply_delta_batch`: bilinear upsampling,
+   re-clip, round); PNG being lossless, their files are not written.
+2. **Victims** (:mod:`.victims`): architectures, input sizes, weightings and seeds as listed, random-
+   resized-crop + flip, trained ``recipe.epochs`` epochs, tested on clean native test images resized to
+   their input size.
+3. **Defenses**: every method on ``defense_victim`` behind every defense; the clean reference is the
+   same victim recipe on the clean files behind the same defense.
+4. **Protection ratio** per task: ``PR = (acc_clean - acc_protected) / (acc_clean - acc_majority)``
+   (:mod:`.deploy_report`).
+
+Every victim result is cached as JSON under the work folder (``victims/``), protected training sets as
+``.npy`` (``sets/``) and generators under ``generators/``: rerunning the command resumes; the work folder
+records its settings and refuses other ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write_text
+from ..data.imageio import atomic_save_npy
+from .victims import DEFENSES, VictimRecipe, VictimSpec, train_victim
+
+#: method names the protocol understands (besides ``gen:<path>``)
+FITTED = ("mtl-ue-em", "mtl-ue-tap", "mtl-ue-sep")
+IN_MEMORY = ("tap", "em", "sep", "lsp-patch", "ar-patch", "lsp-average", "ar-average")
+DEPLOY_METHODS = ("clean", "bundled") + FITTED + IN_MEMORY
+DEFAULT_VICTIMS = ("resnet18@32x3", "resnet18@64x3", "vgg11@32", "vgg11@64", "mobilenet_v3_small@32",
+                   "mobilenet_v3_small@64", "resnet18@32:uw", "resnet18@32:stl")
+
+
+@dataclass
+class DeployConfig:
+    """One deployment-protocol matrix (see the module docstring)."""
+
+    methods: Sequence[str] = ("clean", "bundled")
+    victims: Sequence[str] = DEFAULT_VICTIMS
+    defenses: Sequence[str] = DEFENSES
+    defense_victim: str = "resnet18@32"
+    jpeg_victims: Sequence[str] = ("resnet18@32", "resnet18@64")
+    jpeg_quality: int = 90
+    recipe: VictimRecipe = field(default_factory=VictimRecipe)
+    eps: float = 8 / 255
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        for m in self.methods:
+            if not (m in DEPLOY_METHODS or m.startswith("gen:")):
+                raise ValueError(f"unknown method {m!r} for the deploy protocol; expected one of {DEPLOY_METHODS} "
+                                 "or gen:<generator file>")
+        for d in self.defenses:
+            if d not in DEFENSES:
+                raise ValueError(f"unknown defense {d!r}; expected one of {DEFENSES}")
+        self.victim_specs = [VictimSpec.parse(v) for v in self.victims]
+        self.defense_spec = VictimSpec.parse(self.defense_victim)
+        self.jpeg_specs = [VictimSpec.parse(v) for v in self.jpeg_victims]
+        if not 1 <= int(self.jpeg_quality) <= 100:
+            raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One victim training run: ``method`` files (``output`` format) behind ``defense``, victim, seed."""
+
+    method: str
+    output: str
+    defense: str
+    victim: VictimSpec
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}|{self.output}|{self.defense}|{self.victim.key}|s{self.seed}"
+
+    @property
+    def dirname(self) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in self.key.replace("|", "__"))
+        return safe[:180]
+
+
+def method_label(method: str) -> str:
+    """Short row label: ``gen:runs/x/generator.onnx`` -> ``gen:generator``."""
+    return f"gen:{Path(method[4:]).stem}" if method.startswith("gen:") else method
+
+
+def plan_jobs(cfg: DeployConfig) -> list[Job]:
+    """Every run the matrix needs (protected rows and their clean references), cheapest-first: seed 0 of the
+    defense victim, the other victims, the defenses, JPEG output, then the extra seeds."""
+    protected = [m for m in cfg.methods if m != "clean"]
+    generators = [m for m in protected if m not in IN_MEMORY]
+    jobs: list[Job] = []
+
+    def add(method, output, defense, spec, seed):
+        for m, out in ((method, output), ("clean", "files")):
+            j = Job(m, out, defense, spec, seed)
+            if j not in jobs:
+                jobs.append(j)
+
+    specs = [cfg.defense_spec] + [s for s in cfg.victim_specs if s.key != cfg.defense_spec.key]
+    for spec in specs:
+        for m in protected or ["clean"]:
+            add(m, "png", "standard", spec, 0)
+    for d in cfg.defenses:
+        if d != "standard":
+            for m in protected or ["clean"]:
+                add(m, "png", d, cfg.defense_spec, 0)
+    for spec in cfg.jpeg_specs:
+        for m in generators:
+            add(m, f"jpeg{cfg.jpeg_quality}", "standard", spec, 0)
+    for spec in cfg.victim_specs:
+        for s in range(1, spec.seeds):
+            for m in protected or ["clean"]:
+                add(m, "png", "standard", spec, s)
+    return jobs
+
+
+class DeployProtocol:
+    """Runs :class:`DeployConfig` on native-resolution ``train_set`` / ``test_set`` (mtlguard datasets whose
+    ``root`` / ``files`` name the source files), caching everything under ``work``."""
+
+    def __init__(self, train_set, test_set, cfg: DeployConfig, work: str | os.PathLike, fit_options=None,
+                 in_memory=None):
+        self.train_set, self.test_set, self.cfg = train_set, test_set, cfg
+        self.tasks = tuple(train_set.tasks)
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.fit_options = fit_options  # callable(method) -> path of a fitted generator (the CLI's fit recipe)
+        self.in_memory = in_memory      # a ProtectionBenchmark at the generator resolution, for IN_MEMORY rows
+        self._sets: dict[tuple[str, str], np.ndarray] = {}
+        self._test = None
+
+    # --- data ----------------------------------------------------------------------------------------------
+    def _stack(self, ds) -> np.ndarray:
+        return np.stack([np.asarray(ds.load_uint8(i)) for i in range(len(ds))])
+
+    def labels(self, ds) -> dict[str, np.ndarray]:
+        return {t.name: np.asarray(ds.label_arrays[t.name]) for t in self.tasks}
+
+    def test_images(self) -> np.ndarray:
+        if self._test is None:
+            self._test = self._stack(self.test_set)
+        return self._test
+
+    def input_dir(self) -> Path:
+        """Copies of the training files (the engine's input; the dataset's own folder is never written)."""
+        d = self.work / "input"
+        done = d / ".complete"
+        if not done.is_file():
+            d.mkdir(parents=True, exist_ok=True)
+            for f in self.train_set.files:
+                dst = d / f
+                if not dst.is_file():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(Path(self.train_set.root) / f, dst)
+            done.write_text(str(len(self.train_set.files)))
+        return d
+
+    def labels_csv(self) -> Path:
+        """The engine's label file for the copied training files (``path`` + one class-index column per task)."""
+        import csv
+        import io
+
+        path = self.work / "input_labels.csv"
+        if not path.is_file():
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["path"] + [t.name for t in self.tasks])
+            labels = self.labels(self.train_set)
+            for i, f in enumerate(self.train_set.files):
+                w.writerow([f] + [int(labels[t.name][i]) for t in self.tasks])
+            atomic_write_text(path, buf.getvalue())
+        return path
+
+    def generator_file(self, method: str) -> Path:
+        """The generator a generator row runs through the engine."""
+        if method == "bundled":
+            from mtlguard.engine.pipeline import default_model
+
+            return default_model()
+        if method.startswith("gen:"):
+            p = Path(method[4:])
+            if not p.exists():
+                raise FileNotFoundError(f"generator not found: {p}")
+            return p
+        if self.fit_options is None:
+            raise ValueError(f"method {method!r} needs a fitted generator but no fit recipe was given")
+        return Path(self.fit_options(method))
+
+    def _engine_set(self, method: str, output: str) -> np.ndarray:
+        from mtlguard.engine import protect_directory
+
+        model = self.generator_file(method)
+        out_dir = self.work / "engine" / f"{method_label(method).replace(':', '_')}_{output}"
+        fmt, quality = ("png", 95) if output == "png" else ("jpeg", int(output[4:]))
+        with warnings.catch_warnings():  # JPEG rows are lossy on purpose (the engine warns users about it)
+            warnings.filterwarnings("ignore", message=".*JPEG output re-encodes.*")
+            report = protect_directory(self.input_dir(), out_dir, model=model, labels=self.labels_csv(), format=fmt,
+                                       quality=quality, progress=self.cfg.progress)
+        if report.get("failed"):
+            raise RuntimeError(f"engine failed on {len(report['failed'])} training files of {method}: "
+                               f"{report['failed'][:3]}")
+        suffix = ".png" if fmt == "png" else ".jpg"
+        from PIL import Image
+
+        arr = []
+        for f in self.train_set.files:
+            p = out_dir / (Path(f).with_suffix(suffix) if suffix == ".png" else Path(f))
+            arr.append(np.asarray(Image.open(p).convert("RGB")))
+        return np.stack(arr)
+
+    def _in_memory_set(self, method: str) -> np.ndarray:
+        from mtlguard.engine.perturb import apply_delta_batch
+
+        if self.in_memory is None:
+            raise ValueError(f"method {method!r} needs the in-memory benchmark (generator-resolution dataset)")
+        small = self.in_memory.protected_images(method).astype(np.float32)
+        clean = self.in_memory.protected_images("clean").astype(np.float32)
+        delta = ((small - clean) / 255.0).transpose(0, 3, 1, 2)
+        native = self._stack(self.train_set)
+        bound = self.cfg.eps if not method.startswith(("lsp", "ar")) else 1.0  # LSP / AR are l2-bounded
+        out = np.empty_like(native)
+        for i in range(0, len(native), 64):
+            out[i:i + 64], _ = apply_delta_batch(native[i:i + 64], np.ascontiguousarray(delta[i:i + 64]), bound)
+        return out
+
+    def training_set(self, method: str, output: str) -> np.ndarray:
+        """uint8 ``[N, H, W, C]`` native training images of ``method`` as written in ``output`` format."""
+        key = (method, output)
+        if key in self._sets:
+            return self._sets[key]
+        cache = self.work / "sets" / f"{method_label(method).replace(':', '_')}_{output}.npy"
+        if cache.is_file():
+            arr = np.load(cache)
+        else:
+            if method == "clean":
+                arr = self._stack(self.train_set)
+            elif method in IN_MEMORY:
+                arr = self._in_memory_set(method)
+            else:
+                arr = self._engine_set(method, output)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save_npy(cache, arr)
+        self._sets = {key: arr}  # keep one set in memory (240 MB at 2,000 x 200x200)
+        return arr
+
+    # --- victims -------------------------------------------------------------------------------------------
+    def run_job(self, job: Job) -> dict:
+        path = self.work / "victims" / job.dirname / "result.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        images = self.training_set(job.method, job.output)
+        res = train_victim(job.victim, self.cfg.recipe, self.tasks, images, self.labels(self.train_set),
+                           self.test_images(), self.labels(self.test_set), job.defense, job.seed,
+                           progress=self.cfg.progress)
+        res.update(method=job.method, output=job.output, defense=job.defense, victim=job.victim.key, seed=job.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(res, indent=1))
+        return res
+
+    def cached(self) -> dict[str, dict]:
+        """Every finished job's result, by job key."""
+        out = {}
+        for p in sorted((self.work / "victims").glob("*/result.json")):
+            r = json.loads(p.read_text())
+            out[Job(r["method"], r["output"], r["defense"], VictimSpec.parse(r["victim"]), r["seed"]).key] = r
+        return out
+
+    def run(self, max_jobs: int | None = None, deadline: float | None = None) -> dict[str, dict]:
+        """Run the planned jobs in order (finished ones are read from the cache); stop after ``max_jobs``
+        new runs or once ``time.time() > deadline``.  Returns every finished result."""
+        new = 0
+        for job in plan_jobs(self.cfg):
+            if (max_jobs is not None and new >= max_jobs) or (deadline is not None and time.time() > deadline):
+                break
+            path = self.work / "victims" / job.dirname / "result.json"
+            if not path.is_file():
+                t0 = time.time()
+                self.run_job(job)
+                new += 1
+                if self.cfg.progress:
+                    print(f"[deploy] {job.key}: {time.time() - t0:.0f}s", flush=True)
+        return self.cached()

@@ -1,0 +1,88 @@
+"""One generator recipe (architecture options + Alg. 1 settings + surrogates), fitted the same way by
+``mtlguard fit`` and by ``evaluate-protection --protocol deploy``.
+
+:func:`fit_recipe` builds the generator and its surrogate(s), clean-trains the TAP / SEP surrogate (through
+the same victim views as the fit, when EOT is on), runs :func:`fit_generator` (resumable in ``out_dir``)
+and saves ``out_dir/generator.safetensors`` with the recipe in its config's ``extra``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..atomic import atomic_write
+from .eot import VictimView
+from .fitting import FitConfig, FitResult, fit_generator
+from .generator import MTLUEGenerator
+from .surrogate import build_surrogate, train_clean_surrogate
+
+
+@dataclass
+class GeneratorRecipe:
+    """How to make one generator.  ``gen_size=None``: the training images' own size."""
+
+    fit: FitConfig = field(default_factory=FitConfig)
+    gen_size: int | None = None
+    eps: float = 8 / 255
+    delta_units: str = "eps"
+    delta_channels: str = "all"
+    large_stem: bool = False
+    surrogate_archs: Sequence[str] = ("resnet18",)
+    surrogate_epochs: int = 60
+    sep_checkpoints: int = 15
+
+    def __post_init__(self):
+        self.surrogate_archs = tuple(self.surrogate_archs)
+        if not self.surrogate_archs:
+            raise ValueError("GeneratorRecipe: at least one surrogate architecture is needed")
+        if len(self.surrogate_archs) > 1 and self.fit.base != "em":
+            raise ValueError("GeneratorRecipe: several surrogate architectures are supported for base 'em' only")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fit"] = self.fit.to_dict()
+        d["surrogate_archs"] = list(self.surrogate_archs)
+        return d
+
+
+def _clean_snapshots(recipe: GeneratorRecipe, surrogate, train_set, out_dir: Path, device, progress) -> list[dict]:
+    path = out_dir / "clean_surrogate.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)["snapshots"]
+    eot = recipe.fit.eot
+    snaps = train_clean_surrogate(surrogate, train_set.tasks, train_set, epochs=recipe.surrogate_epochs,
+                                  batch_size=recipe.fit.batch_size, seed=recipe.fit.seed, device=device,
+                                  n_snapshots=recipe.sep_checkpoints,
+                                  augment=VictimView(eot) if eot is not None else True, progress=progress)
+    snaps = [{k: v.cpu() for k, v in s.items()} for s in snaps]
+    atomic_write(path, lambda tmp: torch.save({"snapshots": snaps}, tmp))
+    return snaps
+
+
+def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, device: str = "cpu",
+               progress: bool = True, extra: dict | None = None) -> tuple[MTLUEGenerator, FitResult]:
+    """Fit ``recipe`` on ``train_set`` (resuming ``out_dir``) and save ``out_dir/generator.safetensors``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    x0, _ = train_set[0]
+    channels, size = int(x0.shape[0]), (int(x0.shape[1]), int(x0.shape[2]))
+    gen_size = (recipe.gen_size, recipe.gen_size) if recipe.gen_size else size
+    torch.manual_seed(recipe.fit.seed)
+    gen = MTLUEGenerator(train_set.tasks, in_channels=channels, image_size=gen_size, eps=recipe.eps,
+                         large_stem=recipe.large_stem, delta_units=recipe.delta_units,
+                         delta_channels=recipe.delta_channels)
+    sur_size = max(recipe.fit.eot.sizes) if recipe.fit.eot is not None else size[0]
+    surs = [build_surrogate(train_set.tasks, channels, sur_size, a) for a in recipe.surrogate_archs]
+    snaps = None
+    if recipe.fit.base != "em":
+        snaps = _clean_snapshots(recipe, surs[0], train_set, out, device, progress)
+        surs[0].load_state_dict(snaps[-1])
+    res = fit_generator(gen, train_set, surs, recipe.fit, snapshots=snaps if recipe.fit.base == "sep" else None,
+                        out_dir=out, device=device, progress=progress)
+    gen.save(out / "generator.safetensors", extra={**(extra or {}), "recipe": recipe.to_dict(), "rounds": res.rounds,
+                                                   "stopped_early": res.stopped_early})
+    return gen.cpu(), res

@@ -1,0 +1,136 @@
+"""The deployment protocol end to end on a few REAL UTKFace files: a generator exported to ONNX and run by
+the engine over copies of the native files, victims trained on the PNGs it wrote behind defenses, the
+protection ratio, the report, and resuming from the work folder."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mtlguard.data.utkface import UTKFACE_TASKS
+from mtlguard.unlearnable import MTLUEGenerator
+from mtlguard.unlearnable.deploy import DeployConfig, plan_jobs
+from mtlguard.unlearnable.deploy_report import protection_ratio, summarize
+from mtlguard.unlearnable.victims import VictimRecipe, VictimSpec, defend_files, train_victim
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_protection_ratio_hand_computed():
+    assert protection_ratio(0.8, 0.5, 0.5) == pytest.approx(1.0)
+    assert protection_ratio(0.8, 0.8, 0.5) == pytest.approx(0.0)
+    assert protection_ratio(0.8, 0.35, 0.5) == pytest.approx(1.5)
+    assert protection_ratio(0.6, 0.5, 0.4) == pytest.approx(0.5)
+    assert math.isnan(protection_ratio(0.4, 0.3, 0.45))  # clean victim below majority: nothing to protect
+
+
+def test_victim_spec_parse_and_errors():
+    assert VictimSpec.parse("resnet18@32") == VictimSpec("resnet18", 32, "ls", 1)
+    assert VictimSpec.parse("vgg11@64:uw x3") == VictimSpec("vgg11", 64, "uw", 3)
+    assert VictimSpec.parse("mobilenet_v3_small@32:stl").key == "mobilenet_v3_small@32:stl"
+    for bad, match in (("resnet18", "ARCH@SIZE"), ("resnet99@32", "unknown architecture"),
+                       ("resnet18@32:zz", "unknown weighting"), ("resnet18@4", "8-512")):
+        with pytest.raises(ValueError, match=match):
+            VictimSpec.parse(bad)
+
+
+def test_plan_has_a_clean_reference_for_every_run():
+    cfg = DeployConfig(methods=("clean", "bundled", "lsp-patch"), victims=("resnet18@32x2", "vgg11@64"),
+                       defenses=("standard", "grayscale", "at"), defense_victim="resnet18@32",
+                       jpeg_victims=("resnet18@32",))
+    jobs = plan_jobs(cfg)
+    keys = {j.key for j in jobs}
+    assert len(keys) == len(jobs)
+    for j in jobs:
+        if j.method != "clean":
+            assert f"clean|files|{j.defense}|{j.victim.key}|s{j.seed}" in keys
+    assert {j.output for j in jobs if j.method == "bundled"} == {"png", "jpeg90"}
+    assert not any(j.output.startswith("jpeg") for j in jobs if j.method == "lsp-patch")  # not a generator
+    assert sum(1 for j in jobs if j.method == "bundled" and j.victim.key == "resnet18@32" and j.defense == "standard"
+               and j.output == "png") == 2  # two seeds
+    assert jobs[0].victim.key == "resnet18@32" and jobs[0].seed == 0  # the defense victim first
+    with pytest.raises(ValueError, match="unknown method"):
+        DeployConfig(methods=("clean", "nope"))
+    with pytest.raises(ValueError, match="unknown defense"):
+        DeployConfig(defenses=("standard", "jpeg"))
+
+
+def test_summarize_pr_and_worst_task():
+    def run(method, output, defense, seed, acc):
+        return {"method": method, "output": output, "defense": defense, "victim": "v@32", "seed": seed,
+                "test": dict(zip(("a", "b"), acc))}
+    res = {str(i): r for i, r in enumerate([
+        run("clean", "files", "standard", 0, (0.8, 0.6)), run("clean", "files", "standard", 1, (0.8, 0.6)),
+        run("g", "png", "standard", 0, (0.5, 0.55)), run("g", "png", "standard", 1, (0.6, 0.45)),
+        run("g", "png", "blur", 0, (0.5, 0.5))])}  # no clean reference behind blur: no row
+    rows = summarize(res, ["a", "b"], {"a": 0.5, "b": 0.4})
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["acc"]["a"] == pytest.approx(0.55) and r["pr"]["a"] == pytest.approx(0.25 / 0.3)
+    assert r["pr"]["b"] == pytest.approx(0.1 / 0.2) and r["worst_task"] == "b" and r["worst_pr"] == pytest.approx(0.5)
+    assert r["pr_std"]["a"] == pytest.approx(np.std([1.0, 2 / 3]))
+
+
+def test_defenses_and_training_time_options_run(utkface_root, tmp_path):
+    from mtlguard.data.utkface import UTKFace
+
+    ds = UTKFace(utkface_root, split="train", image_size=48, subset=24, seed=0, cache_dir=tmp_path, progress=False)
+    imgs = np.stack([ds.load_uint8(i) for i in range(len(ds))])
+    recipe = VictimRecipe(epochs=2, batch_size=8, average_last=1)
+    for d in ("grayscale", "jpeg10", "bdr2", "blur"):
+        out = defend_files(imgs, d, recipe)
+        assert out.shape == imgs.shape and out.dtype == np.uint8 and not np.array_equal(out, imgs), d
+    assert len(np.unique(defend_files(imgs, "bdr2", recipe))) <= 4
+    spec = VictimSpec.parse("small_cnn@16:stl")
+    for d in ("standard", "mixup", "at"):
+        res = train_victim(spec, recipe, ds.tasks, imgs, ds.label_arrays, imgs, ds.label_arrays, d, seed=0)
+        assert set(res["test"]) == {"age", "gender", "race"} and all(0 <= v <= 1 for v in res["test"].values())
+        assert len(res["history"]) == 2 and set(res["history"][0]["train"]) == {"age", "gender", "race"}
+    a = train_victim(VictimSpec.parse("small_cnn@16"), recipe, ds.tasks, imgs, ds.label_arrays, imgs, ds.label_arrays)
+    b = train_victim(VictimSpec.parse("small_cnn@16"), recipe, ds.tasks, imgs, ds.label_arrays, imgs, ds.label_arrays)
+    assert a["history"] == b["history"]  # seeded
+
+
+def test_deploy_cli_end_to_end_and_resume(utkface_root, tmp_path, capsys):
+    from mtlguard.cli.main import main
+    from mtlguard.export import export_onnx
+
+    torch.manual_seed(0)
+    gen = MTLUEGenerator(UTKFACE_TASKS, image_size=16, delta_channels="luma").eval()
+    export_onnx(gen, tmp_path / "gen.onnx")
+    argv = ["evaluate-protection", "--protocol", "deploy", "--data", "utkface", "--root", str(utkface_root),
+            "--image-size", "200", "--subset", "24", "--test-subset", "12", "--cache-dir", str(tmp_path / "cache"),
+            "--methods", "clean", "--generator", str(tmp_path / "gen.onnx"),
+            "--victims", "small_cnn@16x2,small_cnn@24:stl", "--defense-victim", "small_cnn@16",
+            "--defenses", "standard,grayscale,at", "--jpeg-victims", "small_cnn@16", "--victim-epochs", "2",
+            "--victim-batch-size", "8", "--average-last", "1", "--out", str(tmp_path / "rep"), "--prefix", "dep",
+            "--work", str(tmp_path / "work"), "--no-progress"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    # gen and clean: seeds 0, 1 + stl + grayscale + at (10), gen as JPEG output (its clean reference is shared)
+    assert out["finished"] == out["planned"] == 11
+    rep = json.loads((tmp_path / "rep" / "dep.json").read_text())
+    rows = {(r["output"], r["defense"], r["victim"]): r for r in rep["summary"]}
+    assert set(rows) == {("png", "standard", "small_cnn@16"), ("png", "standard", "small_cnn@24:stl"),
+                         ("png", "grayscale", "small_cnn@16"), ("png", "at", "small_cnn@16"),
+                         ("jpeg90", "standard", "small_cnn@16")}
+    assert rows[("png", "standard", "small_cnn@16")]["seeds"] == [0, 1]
+    md = (tmp_path / "rep" / "dep.md").read_text()
+    assert "PR age" in md and "worst defense" in md and "evaluate-protection --protocol deploy" in md
+    assert (tmp_path / "rep" / "dep.png").stat().st_size > 1000
+    # the engine wrote PNGs within the bound, next to copies of the inputs (the dataset folder untouched)
+    pngs = sorted((tmp_path / "work" / "engine" / "gen_gen_png").rglob("*.png"))
+    assert len(pngs) == 24
+    src = tmp_path / "work" / "input" / pngs[0].relative_to(tmp_path / "work" / "engine" / "gen_gen_png")
+    a = np.asarray(Image.open(pngs[0])).astype(int)
+    b = np.asarray(Image.open(src.with_suffix(".jpg"))).astype(int)
+    assert 0 < np.abs(a - b).max() <= 8
+    assert (tmp_path / "work" / "engine" / "gen_gen_jpeg90").is_dir()
+    # rerun: everything comes from the cache; other settings are refused
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "victims").rglob("result.json")}
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "victims").rglob("result.json")} == before
+    with pytest.raises(SystemExit, match="other settings"):
+        main([a if a != "2" else "3" for a in argv])
