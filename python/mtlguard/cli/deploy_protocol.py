@@ -43,7 +43,7 @@ def fit_recipe_for(args, train_set, work: Path):
             return onnx
         cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
                         train_steps=args.gen_train_steps, seed=args.seed, eot=eot_config(args),
-                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps)
+                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, joint=args.joint, reinit_every=args.reinit_every)
         recipe = GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=args.eps / 255, delta_units=args.gen_delta_units,
                                  delta_channels=args.delta_channels, surrogate_archs=(args.arch,),
                                  surrogate_epochs=args.surrogate_epochs, sep_checkpoints=args.sep_checkpoints)
@@ -106,7 +106,7 @@ def run_deploy(args) -> int:
     fingerprint = {"recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed, "native_size": args.image_size,
                    "train": getattr(train_set, "_cache_name", None), "test": getattr(test_set, "_cache_name", None),
                    "fit": {k: getattr(args, k) for k in ("gen_size", "delta_channels", "eot", "eot_sizes", "eot_defenses",
-                                                         "adv_eps", "adv_steps", "gen_epochs", "gen_batch_size",
+                                                         "adv_eps", "adv_steps", "joint", "reinit_every", "gen_epochs", "gen_batch_size",
                                                          "gen_train_steps", "gen_delta_units", "arch",
                                                          "surrogate_epochs")}}
     _check_work(work, json.loads(json.dumps(fingerprint)))

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "poison": "poison",
     "evaluate-protection": "evaluate_protection",
     "train": "train",
+    "verify": "verify",
 }
 
 

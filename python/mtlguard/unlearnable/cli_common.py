@@ -44,6 +44,10 @@ def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
                    help="REM-style adversarial views: L-inf radius in 1/255 units (0 = off) (default: %(default)s)")
     p.add_argument("--adv-steps", type=int, default=0,
                    help="PGD steps of the adversarial views (default: %(default)s)")
+    p.add_argument("--joint", action="store_true",
+                   help="EM: surrogates step on every generator batch (joint EM; see mtlguard.unlearnable.fitting)")
+    p.add_argument("--reinit-every", type=int, default=0,
+                   help="EM: re-initialize the surrogates every N rounds (0 = never) (default: %(default)s)")
 
 
 def eot_config(args):

@@ -263,39 +263,63 @@ class DeployProtocol:
         return arr
 
     # --- victims -------------------------------------------------------------------------------------------
-    def run_job(self, job: Job) -> dict:
-        path = self.work / "victims" / job.dirname / "result.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        images = self.training_set(job.method, job.output)
-        res = train_victim(job.victim, self.cfg.recipe, self.tasks, images, self.labels(self.train_set),
-                           self.test_images(), self.labels(self.test_set), job.defense, job.seed,
-                           progress=self.cfg.progress)
-        res.update(method=job.method, output=job.output, defense=job.defense, victim=job.victim.key, seed=job.seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(res, indent=1))
-        return res
+    def victim_runs(self) -> "VictimRuns":
+        return VictimRuns(self.work / "victims", self.cfg.recipe, self.tasks, self.labels(self.train_set),
+                          self.test_images(), self.labels(self.test_set), self.cfg.progress)
 
     def cached(self) -> dict[str, dict]:
-        """Every finished job's result, by job key."""
-        out = {}
-        for p in sorted((self.work / "victims").glob("*/result.json")):
-            r = json.loads(p.read_text())
-            out[Job(r["method"], r["output"], r["defense"], VictimSpec.parse(r["victim"]), r["seed"]).key] = r
-        return out
+        return VictimRuns.read(self.work / "victims")
 
     def run(self, max_jobs: int | None = None, deadline: float | None = None) -> dict[str, dict]:
         """Run the planned jobs in order (finished ones are read from the cache); stop after ``max_jobs``
         new runs or once ``time.time() > deadline``.  Returns every finished result."""
+        runs = None
         new = 0
         for job in plan_jobs(self.cfg):
             if (max_jobs is not None and new >= max_jobs) or (deadline is not None and time.time() > deadline):
                 break
-            path = self.work / "victims" / job.dirname / "result.json"
-            if not path.is_file():
-                t0 = time.time()
-                self.run_job(job)
+            runs = runs or self.victim_runs()
+            if not runs.done(job):
+                runs.run(job, lambda: self.training_set(job.method, job.output))
                 new += 1
-                if self.cfg.progress:
-                    print(f"[deploy] {job.key}: {time.time() - t0:.0f}s", flush=True)
         return self.cached()
+
+
+class VictimRuns:
+    """Victim runs cached by job under ``folder/<job>/result.json`` (shared by the deploy protocol and
+    ``mtlguard verify``): the training images of a job are only materialized when it has to run."""
+
+    def __init__(self, folder: Path, recipe: VictimRecipe, tasks, train_labels, test_images, test_labels,
+                 progress: bool = True):
+        self.folder, self.recipe, self.tasks, self.progress = Path(folder), recipe, tuple(tasks), progress
+        self.train_labels, self.test_images, self.test_labels = train_labels, test_images, test_labels
+
+    def path(self, job: Job) -> Path:
+        return self.folder / job.dirname / "result.json"
+
+    def done(self, job: Job) -> bool:
+        return self.path(job).is_file()
+
+    def run(self, job: Job, images) -> dict:
+        """The cached result of ``job``, or train it on ``images()`` (uint8 NHWC) and cache it."""
+        path = self.path(job)
+        if path.is_file():
+            return json.loads(path.read_text())
+        t0 = time.time()
+        res = train_victim(job.victim, self.recipe, self.tasks, images(), self.train_labels, self.test_images,
+                           self.test_labels, job.defense, job.seed, progress=self.progress)
+        res.update(method=job.method, output=job.output, defense=job.defense, victim=job.victim.key, seed=job.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(res, indent=1))
+        if self.progress:
+            print(f"[victims] {job.key}: {time.time() - t0:.0f}s, test {res['test']}", flush=True)
+        return res
+
+    @staticmethod
+    def read(folder: Path) -> dict[str, dict]:
+        """Every finished run under ``folder``, by job key."""
+        out = {}
+        for p in sorted(Path(folder).glob("*/result.json")):
+            r = json.loads(p.read_text())
+            out[Job(r["method"], r["output"], r["defense"], VictimSpec.parse(r["victim"]), r["seed"]).key] = r
+        return out

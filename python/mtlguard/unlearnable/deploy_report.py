@@ -102,10 +102,10 @@ def defense_matrix(rows: Sequence[dict], victim: str, defenses: Sequence[str], o
 
 
 def defense_table(rows: Sequence[dict], victim: str, defenses: Sequence[str], tasks: Sequence[str],
-                  label=str) -> str:
+                  label=str, output: str = "png") -> str:
     """Methods x defenses on ``victim``: each cell the PR per task (worst task in bold), plus the column
     "worst defense" (smallest worst-task PR over the defenses with results)."""
-    mat = defense_matrix(rows, victim, defenses)
+    mat = defense_matrix(rows, victim, defenses, output)
     head = ["method"] + list(defenses) + ["worst defense"]
     lines = [f"PR {' / '.join(tasks)} (worst task in bold), victim {victim}:", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
