@@ -7,14 +7,33 @@
 * :func:`build_tensorrt_engine` -- a TensorRT 11 engine from the ONNX file (optional ``tensorrt``).
 * :func:`load_generator` -- a trained generator checkpoint (``MTLUEGenerator.load``).
 
-Every exported graph has the signature ``(image, labels) -> (protected, delta)``.
+Every exported graph has the signature ``(image, labels) -> (protected, delta)``, except the
+any-size ONNX variant (``export_onnx(..., any_size=True)``, :mod:`mtlguard.export.anysize`): one uint8
+image of any size + its labels -> the protected uint8 image.
+
+The names below are imported on first use: reading metadata (:mod:`.metadata`) does not import torch.
 """
-from .metadata import GeneratorFacts, generator_facts, read_onnx_facts
-from .onnx_export import DEFAULT_OPSET, FP16_TOLERANCE, export_onnx, onnx_variant
-from .pt2 import export_pt2, load_pt2
-from .tensorrt import build_tensorrt_engine
-from .torchscript import export_torchscript, load_torchscript
-from ._load import load_generator
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "GeneratorFacts": "metadata", "generator_facts": "metadata", "read_onnx_facts": "metadata",
+    "export_onnx": "onnx_export", "onnx_variant": "onnx_export", "DEFAULT_OPSET": "onnx_export",
+    "FP16_TOLERANCE": "onnx_export", "export_torchscript": "torchscript", "load_torchscript": "torchscript",
+    "export_pt2": "pt2", "load_pt2": "pt2", "build_tensorrt_engine": "tensorrt", "load_generator": "_load",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "GeneratorFacts", "generator_facts", "read_onnx_facts",

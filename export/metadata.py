@@ -7,7 +7,14 @@ Keys (all strings in ONNX ``metadata_props``; JSON values where structured):
 * ``mtlguard.eps``: L-inf budget in [0, 1] units; ``mtlguard.image_size``: JSON ``[H, W]``;
   ``mtlguard.in_channels``; ``mtlguard.version``; ``mtlguard.config_hash`` (sha256 of the canonical
   JSON of the generator + training config); ``mtlguard.config`` (that JSON);
-  ``mtlguard.io``: ``float32_nchw`` or ``uint8_nhwc``; ``mtlguard.precision``: ``fp32`` or ``fp16``.
+  ``mtlguard.io``: ``float32_nchw``, ``uint8_nhwc`` or ``uint8_hwc_anysize`` (the any-size variant,
+  :mod:`mtlguard.export.anysize`, which also carries ``mtlguard.resize``); ``mtlguard.precision``:
+  ``fp32`` or ``fp16``.
+
+Label contract (every variant): ``labels[..., k]`` is a class index of task ``k`` in ``[0, num_classes)``
+or ``-1`` (task not protected: the mean of its class embeddings).  The graphs do not check ranges (an
+index past the end reads the last class, any negative one means unprotected), so callers validate
+first: :meth:`GeneratorFacts.check_labels`.
 """
 from __future__ import annotations
 
@@ -93,12 +100,47 @@ class GeneratorFacts:
             precision=props.get(PREFIX + "precision", "fp32"),
         )
 
+    def check_labels(self, labels) -> "np.ndarray":
+        """Validated int64 labels (``[K]`` or ``[N, K]``) for this generator.
+
+        Each entry is a class index in ``[0, num_classes)``, a class name of that task, or ``-1`` /
+        ``None`` (unprotected).  Raises ``ValueError`` naming the task and the allowed values."""
+        import numpy as np
+
+        arr = np.asarray(labels, dtype=object)
+        if arr.ndim not in (1, 2) or arr.shape[-1] != len(self.tasks):
+            raise ValueError(f"labels must have {len(self.tasks)} entries per image (tasks {self.task_names}), "
+                             f"got shape {arr.shape}")
+        out = np.empty(arr.shape, dtype=np.int64)
+        for pos, v in np.ndenumerate(arr):
+            out[pos] = _label_index(self.tasks[pos[-1]], v)
+        return out
+
     def to_json(self) -> str:
         return json.dumps({k[len(PREFIX):]: v for k, v in self.to_props().items()}, indent=1)
 
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "GeneratorFacts":
         return cls.from_props({PREFIX + k: v for k, v in json.loads(text).items()}, source)
+
+
+def _label_index(task: dict, value) -> int:
+    """One label of ``task`` as an index (``-1`` = unprotected); ``ValueError`` if out of range/unknown."""
+    n, names = int(task.get("num_classes", 0)), list(task.get("class_names") or [])
+    if value is None or (isinstance(value, str) and value.strip() in ("", "-1")):
+        return -1
+    if isinstance(value, str) and value.strip() in names:
+        return names.index(value.strip())
+    try:
+        k = int(value)
+        ok = float(value) == k
+    except (TypeError, ValueError):
+        k, ok = None, False
+    if ok and (k == -1 or 0 <= k < n):
+        return k
+    allowed = f"a class name of {names} or " if names else ""
+    raise ValueError(f"task {task['name']!r}: invalid label {value!r}; expected {allowed}an index in [0, {n}) "
+                     "or -1 (unprotected)")
 
 
 def _task_dict(t) -> dict:
@@ -136,9 +178,27 @@ def generator_facts(generator, training_config: dict | None = None) -> Generator
                           config=full, config_hash=config_hash(full))
 
 
-def read_onnx_facts(path) -> GeneratorFacts:
-    """:class:`GeneratorFacts` from an exported ONNX file (reads the header only, not the weights)."""
+def load_onnx(path, load_external_data: bool = True):
+    """``onnx.load`` with one-sentence errors: ``FileNotFoundError`` for a missing file, ``ValueError``
+    naming the file for anything that is not a readable ONNX model (corrupt, truncated, another format)."""
+    from pathlib import Path
+
     import onnx
 
-    m = onnx.load(str(path), load_external_data=False)
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: ONNX file not found")
+    try:
+        m = onnx.load(str(p), load_external_data=load_external_data)
+    except Exception as e:  # protobuf DecodeError, RuntimeError, ... (their text is several lines)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: not a readable ONNX model (corrupt or truncated file?): {first}") from None
+    if not m.graph.node:
+        raise ValueError(f"{path}: not a readable ONNX model (corrupt or truncated file?): the graph is empty")
+    return m
+
+
+def read_onnx_facts(path) -> GeneratorFacts:
+    """:class:`GeneratorFacts` from an exported ONNX file (reads the header only, not the weights)."""
+    m = load_onnx(path, load_external_data=False)
     return GeneratorFacts.from_props({p.key: p.value for p in m.metadata_props}, source=str(path))

@@ -7,7 +7,9 @@ Graph: ``image`` float32 [N, C, H, W] in [0, 1], ``labels`` int64 [N, K] (-1 = t
 Variants (derived from the float32 graph, also from a file with :func:`onnx_variant`): ``fp16=True`` converts weights/activations to float16 with onnxruntime's converter, keeping
 I/O float32 and InstanceNormalization (plus onnxruntime's default block list) in float32 (fp16
 InstanceNorm overflows its variance); ``uint8_io=True`` takes raw uint8 NHWC pixels and returns
-rounded uint8 NHWC ``protected`` (plus float32 NHWC ``delta``).
+rounded uint8 NHWC ``protected`` (plus float32 NHWC ``delta``); ``any_size=True`` builds the any-size
+variant (uint8 [H, W, C] image of any size + int64 [K] labels -> uint8 protected image, the engine's
+whole recipe in the graph, :mod:`mtlguard.export.anysize`).
 """
 from __future__ import annotations
 
@@ -115,11 +117,21 @@ def to_uint8_io(model):
     return onnx.shape_inference.infer_shapes(model)
 
 
-def _finish(model, facts: GeneratorFacts, path: Path, check: bool, fp16: bool, uint8_io: bool) -> Path:
-    """Apply the requested variants (uint8 I/O, then fp16) to the float32 graph, record them in
-    ``facts``, stamp the metadata, check and save (creating ``path``'s folder)."""
+def _finish(model, facts: GeneratorFacts, path: Path, check: bool, fp16: bool, uint8_io: bool,
+            any_size: bool = False) -> Path:
+    """Apply the requested variants (uint8 I/O, then fp16; or any-size) to the float32 graph, record them
+    in ``facts``, stamp the metadata, check and save (creating ``path``'s folder)."""
     import onnx
 
+    extra = {}
+    if any_size:
+        if fp16 or uint8_io:
+            raise ValueError("--any-size is a variant of its own (uint8 HWC in and out, float32 inside): "
+                             "do not combine it with --fp16 or --uint8-io")
+        from .anysize import RESIZE_CONVENTION, to_any_size
+
+        model = to_any_size(model, facts)
+        extra["mtlguard.resize"] = RESIZE_CONVENTION
     if uint8_io:
         model = to_uint8_io(model)
         facts.io = "uint8_nhwc"
@@ -128,37 +140,48 @@ def _finish(model, facts: GeneratorFacts, path: Path, check: bool, fp16: bool, u
         facts.precision = "fp16"
     path.parent.mkdir(parents=True, exist_ok=True)
     model.producer_name = "mtlguard"
-    model.doc_string = (f"mtlguard generator: image {facts.io} -> (protected, delta); eps={facts.eps:.6g}; "
-                        f"tasks={facts.task_names}; labels int64 [N, {len(facts.tasks)}], -1 = unprotected")
+    model.doc_string = _doc_string(facts)
     del model.metadata_props[:]
-    onnx.helper.set_model_props(model, facts.to_props())
+    onnx.helper.set_model_props(model, {**facts.to_props(), **extra})
     if check:
         onnx.checker.check_model(model, full_check=True)
     _atomic_save_onnx(model, path)
     return path
 
 
-def onnx_variant(src, path, fp16: bool = False, uint8_io: bool = False, check: bool = True) -> Path:
-    """Derive the fp16 and/or uint8-I/O variant of an exported float32 ONNX file (no re-export)."""
-    import onnx
+def _doc_string(facts: GeneratorFacts) -> str:
+    k = len(facts.tasks)
+    if facts.io == "uint8_hwc_anysize":
+        return (f"mtlguard generator (any size): image uint8 [H, W, {facts.in_channels}] + labels int64 [{k}] "
+                f"(-1 = unprotected) -> protected uint8 [H, W, {facts.in_channels}]; eps={facts.eps:.6g}; "
+                f"tasks={facts.task_names}")
+    return (f"mtlguard generator: image {facts.io} -> (protected, delta); eps={facts.eps:.6g}; "
+            f"tasks={facts.task_names}; labels int64 [N, {k}], -1 = unprotected")
 
-    from .metadata import read_onnx_facts
+
+def onnx_variant(src, path, fp16: bool = False, uint8_io: bool = False, check: bool = True,
+                 any_size: bool = False) -> Path:
+    """Derive the fp16 and/or uint8-I/O variant, or the any-size variant, of an exported float32 ONNX
+    file (no re-export)."""
+    from .metadata import load_onnx, read_onnx_facts
 
     src, path = Path(src), Path(path)
     facts = read_onnx_facts(src)
     if facts.io != "float32_nchw" or facts.precision != "fp32":
         raise ValueError(f"{src}: derive variants from the float32 NCHW export (this one is {facts.io}, {facts.precision})")
-    model = onnx.load(str(src))
-    return _finish(model, facts, path, check, fp16, uint8_io)
+    model = load_onnx(src)
+    return _finish(model, facts, path, check, fp16, uint8_io, any_size)
 
 
 def export_onnx(generator: torch.nn.Module, path, opset: int = DEFAULT_OPSET, fp16: bool = False,
-                uint8_io: bool = False, training_config: dict | None = None, check: bool = True) -> Path:
+                uint8_io: bool = False, training_config: dict | None = None, check: bool = True,
+                any_size: bool = False) -> Path:
     """Export ``generator`` (``forward(image, labels) -> (protected, delta)``, ``config()``) to ``path``.
 
     Returns the path.  The file is self-contained (no external data), written atomically, and carries
     the generator's facts in ``metadata_props`` (see :mod:`mtlguard.export.metadata`).  The variants
-    (``fp16``, ``uint8_io``) are derived from the float32 graph (:func:`onnx_variant`)."""
+    (``fp16``, ``uint8_io``, or ``any_size``: :mod:`mtlguard.export.anysize`) are derived from the float32
+    graph (:func:`onnx_variant`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     facts = generator_facts(generator, training_config)
@@ -176,7 +199,7 @@ def export_onnx(generator: torch.nn.Module, path, opset: int = DEFAULT_OPSET, fp
             )
     finally:
         generator.train(was_training)
-    return _finish(program.model_proto, facts, path, check, fp16, uint8_io)
+    return _finish(program.model_proto, facts, path, check, fp16, uint8_io, any_size)
 
 
 def onnx_op_types(path) -> set[str]:

@@ -5,6 +5,14 @@ Subpackages: :mod:`mtlguard.ops` (fused kernels), :mod:`mtlguard.data`, :mod:`mt
 :mod:`mtlguard.unlearnable`, :mod:`mtlguard.attacks`, :mod:`mtlguard.export`, :mod:`mtlguard.engine`.
 """
 from ._version import __version__
-from . import ops
 
 __all__ = ["__version__", "ops"]
+
+
+def __getattr__(name: str):
+    """``mtlguard.ops`` is imported on first use (it imports torch; ``mtlguard --help`` does not need it)."""
+    if name == "ops":
+        import importlib
+
+        return importlib.import_module(".ops", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

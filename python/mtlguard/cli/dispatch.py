@@ -20,3 +20,15 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         parser.print_help()
         return 0
     return int(args.func(args) or 0)
+
+
+def install_warning_format(prog: str) -> None:
+    """Print warnings as ``"<prog>: warning: <message>"`` (one line, no Python source line or file
+    name); called by the command-line entry points only, never on import."""
+    import warnings
+
+    def _format(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 - warnings' signature
+        text = " ".join(str(message).split())
+        return f"{prog}: warning: {text}\n"
+
+    warnings.formatwarning = _format
