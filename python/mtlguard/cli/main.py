@@ -19,7 +19,7 @@ import sys
 
 from .._version import __version__
 from .dispatch import command_parser, install_warning_format, run_command
-from .options import DefaultsFormatter, check_required_out, show_defaults
+from .options import DefaultsFormatter, check_required, show_defaults
 
 #: subcommand name -> (module relative to mtlguard.cli defining ``add_parser(subparsers)``, its --help line).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # report unknown options with the subcommand's usage, not the top-level one
         (sub or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if sub is not None:
-        check_required_out(sub, args)
+        check_required(sub, args)
     args.argv = argv  # the exact command, recorded in reports (see unlearnable.cli_common.command_line)
     return _run(parser, args, console)
 

@@ -11,17 +11,33 @@ from __future__ import annotations
 import argparse
 
 
-def add_hidden_alias(p: argparse.ArgumentParser, flag: str, dest: str, **kw) -> None:
-    """Accept ``flag`` as an undocumented spelling of the option stored in ``dest``."""
-    p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+class _OldSpelling(argparse.Action):
+    """Stores the value like the current option, with a one-line FutureWarning naming the new spelling."""
+
+    def __init__(self, option_strings, dest, current: str = "", **kw):
+        self.current = current
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import warnings
+
+        warnings.warn(f"{option_string} is an old spelling of {self.current}; use {self.current}", FutureWarning,
+                      stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_hidden_alias(p: argparse.ArgumentParser, flag: str, dest: str, current: str | None = None, **kw) -> None:
+    """Accept ``flag`` as an undocumented old spelling of the option stored in ``dest`` (``current``)."""
+    p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, action=_OldSpelling,
+                   current=current or "--" + dest.replace("_", "-"), **kw)
 
 
 def add_out_arg(p: argparse.ArgumentParser, what: str, required: bool = True, default=None,
                 aliases: tuple[str, ...] = ()) -> None:
     """``--out PATH`` (``what`` it is), with hidden ``aliases`` such as ``--output``."""
-    if required and aliases:  # argparse cannot require "--out or an alias": checked by check_required_out
+    if required and aliases:  # argparse cannot require "--out or an alias": checked by check_required
         p.add_argument("--out", default=argparse.SUPPRESS, help=f"{what} (required)")
-        p.set_defaults(_required_out=True)
+        _require(p, "--out")
     else:
         p.add_argument("--out", required=required, default=default, help=what)
     for a in aliases:
@@ -31,7 +47,11 @@ def add_out_arg(p: argparse.ArgumentParser, what: str, required: bool = True, de
 def add_data_arg(p: argparse.ArgumentParser, required: bool = True, choices_help: str | None = None) -> None:
     """``--data NAME`` (``--dataset`` hidden) and ``--root DIR`` (``--data-root`` hidden)."""
     names = choices_help or "utkface, folder, synthetic, celeba, chestxray14, nyuv2, office31"
-    p.add_argument("--data", required=required, help=f"dataset: {names}")
+    if required:
+        p.add_argument("--data", default=argparse.SUPPRESS, help=f"dataset: {names} (required)")
+        _require(p, "--data")
+    else:
+        p.add_argument("--data", default=None, help=f"dataset: {names}")
     add_hidden_alias(p, "--dataset", "data")
     p.add_argument("--root", default=None,
                    help="dataset folder (utkface: the folder holding images/; folder: the one holding labels.csv and "
@@ -39,10 +59,51 @@ def add_data_arg(p: argparse.ArgumentParser, required: bool = True, choices_help
     add_hidden_alias(p, "--data-root", "root")
 
 
-def check_required_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--out`` is required but may come through an alias: argparse cannot say so itself."""
-    if getattr(args, "_required_out", False) and not hasattr(args, "out"):
-        parser.error("the following arguments are required: --out")
+def add_dataset_args(p: argparse.ArgumentParser, split_default: str = "train", size_default: int = 32) -> None:
+    """The dataset options of ``fit`` / ``poison`` / ``evaluate-protection`` (the names
+    :func:`mtlguard.unlearnable.cli_common.load_split` reads), without importing torch."""
+    add_data_arg(p)
+    p.add_argument("--split", default=split_default, help="split to use")
+    p.add_argument("--image-size", type=int, default=size_default, help="image side in pixels")
+    p.add_argument("--subset", type=int, default=None,
+                   help="use N images of the split, drawn with --seed (stratified by the class labels where the "
+                        "loader supports it, folder datasets included); default: all")
+    p.add_argument("--tasks", default=None, help="comma list of task names; default: all")
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache folder; default: the loader's")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def check_data(name: str, option: str = "--data") -> str:
+    """The canonical dataset name for ``name``, or ``SystemExit`` with one line naming ``option``
+    (called first thing by a subcommand's ``run``: it imports the data package)."""
+    from ..data.registry import canonical_name
+
+    try:
+        return canonical_name(name)
+    except KeyError as e:
+        raise SystemExit(f"{option}: {e.args[0]}") from None
+
+
+def check_arch(name: str, option: str = "--arch") -> str:
+    """``name`` if it is a known backbone, else ``SystemExit`` with one line listing them."""
+    from ..models.backbones import ARCHS
+
+    if name not in ARCHS:
+        raise SystemExit(f"{option}: unknown architecture {name!r}; expected one of {', '.join(ARCHS)}")
+    return name
+
+
+def _require(p: argparse.ArgumentParser, flag: str) -> None:
+    p.set_defaults(_required_aliased=tuple(p.get_default("_required_aliased") or ()) + (flag,))
+
+
+def check_required(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options that are required but may come through an old spelling (argparse cannot say so itself)."""
+    missing = [f for f in getattr(args, "_required_aliased", ()) if not hasattr(args, f[2:].replace("-", "_"))]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
 
 
 class DefaultsFormatter(argparse.HelpFormatter):

@@ -1,9 +1,11 @@
 """``mtlguard poison``: write the protected (unlearnable) copy of a dataset.
 
 The copy keeps the source's relative file names (extension -> lossless ``.png``) and labels in the
-folder format (``labels.csv`` + ``tasks.json``, readable with ``--data folder``).  Images are stored as
-uint8 ``x + round(delta * 255)`` and ``|delta| <= eps`` is checked on what is written; the output
-may not lie inside the source tree.
+folder format (``labels.csv`` + ``tasks.json``, readable with ``--data folder``); from a folder dataset
+it also keeps every other column of the source ``labels.csv`` (``split``, tasks left out by ``--tasks``,
+your own columns), so ``mtlguard train --data folder --root OUT --test-root SOURCE`` trains on it.
+Images are stored as uint8 ``x + round(delta * 255)`` and ``|delta| <= eps`` is checked on what is
+written; the output may not lie inside the source tree.
 
 Example::
 
@@ -12,24 +14,27 @@ Example::
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    from ..unlearnable.cli_common import add_data_args
+    from .options import add_dataset_args, add_out_arg
 
     p = subparsers.add_parser("poison", help="write a protected copy of a dataset (MTL-UE generator or LSP/AR)",
                               description=__doc__.split("\n\n")[0])
-    add_data_args(p)
+    add_dataset_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--generator", help="fitted MTL-UE generator (.safetensors with its .json)")
     src.add_argument("--method", choices=["lsp-patch", "ar-patch", "lsp-average", "ar-average"],
                      help="surrogate-free class-wise baseline")
     p.add_argument("--protect-tasks", default=None,
                    help="comma list: protect only these tasks (others get the mean embedding; MTL-UE only)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--out", required=True, help="output folder (must not be inside the source)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--batch-size", type=int, default=256, help="images per generator batch")
+    add_out_arg(p, "output folder (must not be inside the source)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     p.set_defaults(func=run)
 
 
@@ -42,7 +47,9 @@ def run(args) -> int:
     ds = load_split(args, args.split, args.subset)
     x0, _ = ds[0]
     if args.generator:
-        gen = MTLUEGenerator.load(args.generator)
+        from mtlguard.export._load import resolve_checkpoint
+
+        gen = MTLUEGenerator.load(resolve_checkpoint(args.generator))
         if gen.image_size != tuple(x0.shape[1:]) or gen.in_channels != x0.shape[0]:
             raise SystemExit(f"--generator {args.generator}: built for images {gen.in_channels}x{gen.image_size}, "
                              f"the dataset gives {tuple(x0.shape)}; pass the matching --image-size")
@@ -69,5 +76,46 @@ def run(args) -> int:
                               input_roots=[args.root] if args.root else [])
     except (ValueError, FileExistsError) as e:
         raise SystemExit(f"poison: {e}") from None
-    print(json.dumps({"out": str(out), "images": len(images), "eps_checked": eps}, indent=2))
+    kept = keep_source_columns(ds, Path(out))
+    print(json.dumps({"out": str(out), "images": len(images), "eps_checked": eps, "columns_kept": kept}, indent=2))
     return 0
+
+
+def _source_table(ds):
+    """``(csv path, the dataset's rows' relative files)`` of the folder dataset under ``ds`` (TaskView /
+    subset views unwrapped), or ``None`` for other datasets."""
+    files, inner = getattr(ds, "files", None), ds
+    while not hasattr(inner, "csv_path") and hasattr(inner, "dataset"):
+        inner = inner.dataset
+        files = files if files is not None else getattr(inner, "files", None)
+    path = getattr(inner, "csv_path", None)
+    return (Path(path), list(files)) if path is not None and files is not None else None
+
+
+def keep_source_columns(ds, out: Path) -> list[str]:
+    """Append to ``out/labels.csv`` every column of the source ``labels.csv`` it lacks (``split``, tasks
+    left out, other columns), row by row; returns their names.  Rewritten atomically."""
+    from mtlguard.atomic import atomic_write_text
+    from mtlguard.data.folder import _norm_rel
+
+    src = _source_table(ds)
+    if src is None:
+        return []
+    csv_path, files = src
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    header = [h.strip() for h in rows[0]]
+    by_file = {_norm_rel(r[header.index("file")]): r for r in rows[1:] if r and any(c.strip() for c in r)}
+    with open(out / "labels.csv", newline="", encoding="utf-8") as f:
+        written = list(csv.reader(f))
+    extra = [h for h in header if h not in written[0]]
+    if not extra:
+        return []
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(written[0] + extra)
+    for rel, row in zip(files, written[1:]):
+        source = by_file[_norm_rel(rel)]
+        w.writerow(row + [source[header.index(h)] for h in extra])
+    atomic_write_text(out / "labels.csv", buf.getvalue())
+    return extra

@@ -2,8 +2,13 @@
 
 Example (the clean UTKFace MTL victim of reports/clean_utkface.md)::
 
-    mtlguard train --data utkface --data-root ../shared/data/utkface --tasks age,gender,race \\
+    mtlguard train --data utkface --root ../shared/data/utkface --tasks age,gender,race \\
         --arch resnet18 --image-size 64 --subset 6000 --epochs 6 --out runs/victims/utk_mtl
+
+A protected copy (``mtlguard poison`` / ``mtlguard-engine`` output, usually train rows only) is tested
+on the clean data's test rows with ``--test-root``::
+
+    mtlguard train --data folder --root protected/ --test-root clean/ --arch resnet18 --out runs/victim_prot
 
 Writes the Trainer's ``out_dir`` layout (see :mod:`mtlguard.training.trainer`) plus ``result.json``
 (command line, dataset sizes, final test metrics, wall time).  ``--resume`` continues an interrupted run.
@@ -17,33 +22,36 @@ import time
 
 
 def add_parser(subparsers) -> None:
+    from .options import add_data_arg
+
     p = subparsers.add_parser("train", help="train an MTL / STL victim model (HPS, task weighting)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True,
-                   help="dataset: utkface, synthetic, folder, celeba, chestxray14, nyuv2, office31")
-    p.add_argument("--data-root", "--root", dest="data_root", default=None, help="dataset folder (unused for synthetic)")
+    add_data_arg(p)
+    p.add_argument("--test-root", default=None,
+                   help="take the test split from this folder instead of --root (e.g. the clean data when --root is "
+                        "a protected copy); default: --root")
     p.add_argument("--tasks", default=None, help="comma-separated task subset (default: all; one task = STL)")
     p.add_argument("--arch", default="resnet18",
                    help="resnet18, resnet50, vgg16, densenet121, vit_b_16, small_cnn (default: %(default)s)")
     p.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"], help="ResNet stem (default: %(default)s)")
     p.add_argument("--weighting", default="ls", help="ls, uw, rlw, aligned_mtl, fairgrad, pcgrad (default: %(default)s)")
-    p.add_argument("--fairgrad-alpha", type=float, default=2.0)
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--fairgrad-alpha", type=float, default=2.0, help="FairGrad's alpha")
+    p.add_argument("--epochs", type=int, default=60, help="training epochs")
+    p.add_argument("--image-size", type=int, default=64, help="image side the victim sees (images are resized)")
     p.add_argument("--subset", type=int, default=None, help="use N training images (stratified when the loader supports it)")
     p.add_argument("--test-subset", type=int, default=None, help="use N test images")
     p.add_argument("--synthetic-n", type=int, nargs=2, default=(512, 128), metavar=("TRAIN", "TEST"),
                    help="scenes per split for --data synthetic (default: 512 128)")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--schedule", default="multistep", choices=["multistep", "step", "none"])
+    p.add_argument("--batch-size", type=int, default=512, help="training batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--schedule", default="multistep", choices=["multistep", "step", "none"], help="LR schedule")
     p.add_argument("--no-augment", action="store_true", help="disable RandomCrop + HorizontalFlip")
-    p.add_argument("--grad-clip", type=float, default=10.0)
-    p.add_argument("--eval-every", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--grad-clip", type=float, default=10.0, help="gradient-norm clip")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a shared, loaded CPU)")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache folder (loader default otherwise)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
@@ -64,20 +72,27 @@ def _load(args, split: str, subset: int | None):
     from ..data.registry import build_dataset, canonical_name
 
     key = canonical_name(args.data)
+    root = args.test_root if split == "test" and args.test_root else args.root
     kw = {}
     if key == "synthetic":
         kw["n"] = args.synthetic_n[0] if split == "train" else args.synthetic_n[1]
         kw["seed"] = args.seed
     else:
-        if args.data_root is None:
-            raise SystemExit(f"--data {args.data} needs --data-root")
+        if root is None:
+            raise SystemExit(f"--data {args.data} needs --root (the dataset folder)")
         if args.cache_dir:
             kw["cache_dir"] = args.cache_dir
     if subset is not None and key in ("utkface",):
         kw["subset"] = subset
         kw["seed"] = args.seed
         subset = None
-    ds = build_dataset(args.data, args.data_root, split=split, image_size=args.image_size, **kw)
+    try:
+        ds = build_dataset(args.data, root, split=split, image_size=args.image_size, **kw)
+    except ValueError as e:
+        if key == "folder" and split == "test" and not args.test_root and "split" in str(e):
+            raise SystemExit(f"--root {root}: {e}; train/test need a 'split' column, or pass --test-root with "
+                             "the folder of the test images") from None
+        raise
     if subset is not None and subset < len(ds):
         from torch.utils.data import Subset
 
@@ -96,6 +111,10 @@ def run(args) -> int:
     from ..atomic import atomic_write_text
     from ..training.trainer import _jsonable
 
+    from .options import check_arch, check_data
+
+    check_data(args.data)
+    check_arch(args.arch)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -120,7 +139,7 @@ def run(args) -> int:
     final = trainer.fit()
     result = {
         "command": "mtlguard " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None,
-        "data": args.data, "tasks": [t.name for t in tasks], "arch": args.arch, "stem": args.stem,
+        "data": args.data, "root": args.root, "test_root": args.test_root, "tasks": [t.name for t in tasks], "arch": args.arch, "stem": args.stem,
         "weighting": args.weighting, "image_size": args.image_size, "epochs": args.epochs, "seed": args.seed,
         "device": args.device, "threads": torch.get_num_threads(), "batch_size": args.batch_size, "lr": args.lr,
         "train_size": len(train_set), "test_size": len(test_set), "subset": args.subset,

@@ -168,6 +168,9 @@ class FolderDataset(ImageFileDataset):
         num_channels: 1 or 3; default: ``num_channels`` of the task file, else 3.
         split: keep only rows whose ``split`` column equals this value.
         task_names: keep only these tasks (in this order).
+        subset: keep this many rows (of the split), drawn with ``seed`` and stratified by the
+            classification labels (:func:`~mtlguard.data.splits.stratified_subset`), in file order.
+        seed: seed of the subset draw.
         check_files: verify at construction that every image (and dense target) file exists.
         preload, cache_dir, num_workers, progress: see :class:`~mtlguard.data.base.ImageFileDataset`.
     """
@@ -186,6 +189,8 @@ class FolderDataset(ImageFileDataset):
         cache_dir: str | os.PathLike | bool | None = None,
         num_workers: int | None = None,
         progress: bool = True,
+        subset: int | None = None,
+        seed: int = 0,
     ) -> None:
         root = Path(root)
         if not root.is_dir():
@@ -204,6 +209,8 @@ class FolderDataset(ImageFileDataset):
         channels = num_channels or file_channels or 3
         csv_path = root / labels_csv
         files, labels, dense = self._read_csv(root, csv_path, specs, split, check_files)
+        if subset is not None:
+            files, labels, dense = _subset_rows(csv_path, specs, files, labels, dense, int(subset), seed)
         self.csv_path = csv_path
         self.split = split
         self._dense = dense  # task -> list of relative target paths
@@ -219,7 +226,8 @@ class FolderDataset(ImageFileDataset):
                 label_arrays[t.name] = np.asarray(labels[t.name], dtype=np.int64)
         super().__init__(root, files, label_arrays, specs, image_size=image_size, num_channels=channels,
                          preload=preload, cache_dir=cache_dir,
-                         cache_name=f"folder_{root.resolve().name}{'_' + split if split else ''}",
+                         cache_name=(f"folder_{root.resolve().name}{'_' + split if split else ''}"
+                                     + (f"_sub{int(subset)}s{seed}" if subset is not None else "")),
                          num_workers=num_workers, progress=progress)
 
     @staticmethod
@@ -302,6 +310,20 @@ class FolderDataset(ImageFileDataset):
             else:
                 out[t.name] = target_to_tensor(t, self.label_arrays[t.name][i])
         return out
+
+
+def _subset_rows(csv_path: Path, specs, files, labels, dense, n: int, seed: int):
+    """``subset=n`` of the rows read from the CSV, stratified by the classification labels."""
+    from .splits import stratified_subset
+
+    cls = [t.name for t in specs if t.kind in ("binary", "multiclass")]
+    strata = np.stack([np.asarray(labels[c]) for c in cls], 1) if cls else np.zeros((len(files), 1))
+    try:
+        idx = stratified_subset(strata, n, seed)
+    except ValueError as e:
+        raise ValueError(f"{csv_path}: {e}") from None
+    pick = lambda values: [values[i] for i in idx]  # noqa: E731
+    return pick(files), {k: pick(v) for k, v in labels.items()}, {k: pick(v) for k, v in dense.items()}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -67,25 +67,37 @@ def eot_config(args):
 
 
 def load_split(args, split: str, subset: int | None):
-    """The dataset split named by the CLI options, restricted to ``--tasks``."""
+    """The dataset split named by the CLI options, ``--subset`` of it drawn with ``--seed`` (for every
+    dataset, folder datasets included), restricted to ``--tasks``.  An unknown ``--data`` name or task
+    raises ``SystemExit`` with one line."""
     from ..data import build_dataset, select_tasks
+    from ..data.registry import canonical_name
     from .protect import TaskView
 
-    kw = {}
-    if subset is not None:
-        kw["subset"] = subset
-        kw["seed"] = args.seed
-    if args.cache_dir:
-        kw["cache_dir"] = args.cache_dir
+    # loaders that draw ``subset`` themselves (stratified) / accept ``cache_dir``; other datasets get a seeded
+    # subset view (``synthetic`` generates ``subset`` scenes)
+    native_subset = ("utkface", "celeba", "chestxray14", "folder")
+    cached = native_subset + ("office31",)
+    try:
+        key = canonical_name(args.data)
+    except KeyError as e:
+        raise SystemExit(f"--data: {e.args[0]}") from None
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda requested but CUDA is not available on this machine")
-    try:
-        ds = build_dataset(args.data, args.root, split=split, image_size=args.image_size, **kw)
-    except TypeError:
-        kw.pop("cache_dir", None)
-        ds = build_dataset(args.data, args.root, split=split, image_size=args.image_size, **kw)
+    kw = {"cache_dir": args.cache_dir} if args.cache_dir and key in cached else {}
+    if subset is not None and key in native_subset:
+        kw.update(subset=subset, seed=args.seed)
+    elif subset is not None and key == "synthetic":
+        kw.update(n=subset, seed=args.seed)
+    ds = build_dataset(args.data, args.root, split=split, image_size=args.image_size, **kw)
+    if subset is not None and key not in native_subset + ("synthetic",):
+        import numpy as np
+
+        from ..data.splits import stratified_subset
+
+        ds = ds.subset(stratified_subset(np.zeros((len(ds), 1)), int(subset), args.seed))
     if args.tasks:
         names = [s.strip() for s in args.tasks.split(",") if s.strip()]
         try:
