@@ -10,7 +10,8 @@ Protocol:
 * ``POST /protect?<task>=<label>&...`` with the image file as the request body (any format Pillow reads;
   EXIF orientation is applied) -> ``200``, ``image/png``: the protected image, same size.  A label is a class
   name or index of that task, or ``-1`` to leave the task unprotected; every task must be given (see
-  ``GET /info``).  ``?labels=20-29,female,-1`` (all tasks in order) is accepted too.  Alpha is kept as is.
+  ``GET /info``).  ``?labels=20-29,female,-1`` (all tasks in order) is accepted too.  Alpha is kept as is;
+  colour stays colour (a 1-channel generator perturbs the luma, every channel alike).
 * ``GET /info`` -> JSON: tasks with their class names, eps, the generator's input size.
 * Bad requests get ``400`` (``413`` for a body over ``--max-bytes``) with a one-line ``text/plain`` reason:
   unknown task or class name, index out of range, missing labels, empty / corrupt / unsupported image.
@@ -92,7 +93,8 @@ class Protector:
             with Image.open(io.BytesIO(body)) as im:
                 im = ImageOps.exif_transpose(im)
                 alpha = im.getchannel("A") if im.mode in ("RGBA", "LA") else None
-                pixels = np.asarray(im.convert("RGB" if self.channels == 3 else "L"))
+                gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")  # a 1-channel generator keeps colour images
+                pixels = np.asarray(im.convert("L" if gray and self.channels == 1 else "RGB"))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise BadRequest(f"cannot decode the image: {' '.join(str(e).split())}") from None
         if pixels.ndim == 2:

@@ -1,7 +1,8 @@
 """The any-size ONNX variant: the engine's whole recipe inside one graph.
 
-Graph: ``image`` uint8 [H, W, C] (one image, any H and W, C = the generator's channels) and
-``labels`` int64 [K] (-1 = task unprotected) -> ``protected`` uint8 [H, W, C], with
+Graph: ``image`` uint8 [H, W, C] (one image, any H and W; C = the generator's channels, or 1 or 3 for a
+1-channel generator, which then sees the image's luma and moves every channel alike, as the engine does)
+and ``labels`` int64 [K] (-1 = task unprotected) -> ``protected`` uint8 [H, W, C], with
 ``|protected - image| <= ceil(eps * 255)`` enforced by the graph's last Clip.  Standard ONNX ops only.
 
 The recipe is :mod:`mtlguard.engine.perturb`'s, step by step, in the same floating-point operations,
@@ -146,15 +147,33 @@ def _branch(name: str, build, out_name: str):
                              initializer=g.inits)
 
 
-def model_input(g: _Graph, image_u8: str, size: tuple[int, int], hw: tuple[str, str]) -> str:
+def _luma_if_colour(g: _Graph, image_f64: str) -> str:
+    """float64 [H, W, C] -> [H, W, 1]: Pillow's ``convert("L")`` of a colour image (``(19595 R + 38470 G
+    + 7471 B + 2^15) >> 16``, exact in float64), the image itself when C = 1."""
+    channels = g.op("Gather", g.op("Shape", image_f64), g.i64(2))
+
+    def luma(b: _Graph) -> str:
+        s = b.op("MatMul", image_f64, b.f64([[19595.0], [38470.0], [7471.0]]))
+        return b.op("Floor", b.op("Mul", b.op("Add", s, b.f64(32768.0)), b.f64(2.0 ** -16)))
+
+    return g.op("If", g.op("Equal", channels, g.i64(3)),
+                then_branch=_branch(f"{g.prefix}/luma", luma, f"{g.prefix}/luma_out"),
+                else_branch=_branch(f"{g.prefix}/gray", lambda b: b.op("Identity", image_f64), f"{g.prefix}/gray_out"))
+
+
+def model_input(g: _Graph, image_u8: str, size: tuple[int, int], hw: tuple[str, str], luma: bool = False) -> str:
     """uint8 [H, W, C] -> float32 [1, C, h, w] in [0, 1], as ``engine.perturb.model_input`` (Pillow);
-    ``hw``: H and W as int64 scalars."""
+    ``hw``: H and W as int64 scalars.  ``luma``: a 1-channel generator, fed the luma of colour images
+    (``model_input(..., channels=1)``)."""
     from onnx import TensorProto
 
     h, w = (g.i64(int(v)) for v in size)
     H, W = hw
     mh, mw = pillow_weights(g, H, h), pillow_weights(g, W, w)
-    x = g.op("Transpose", _as_f64(g, image_u8), perm=[2, 0, 1])  # [C, H, W]
+    image = _as_f64(g, image_u8)
+    if luma:
+        image = _luma_if_colour(g, image)
+    x = g.op("Transpose", image, perm=[2, 0, 1])  # [C, H, W]
     dh, dw = g.op("Sub", H, h), g.op("Sub", W, w)
     vertical_first = g.op("And", g.op("Greater", dh, g.i64(0)), g.op("Greater", dh, g.op("Mul", dw, g.i64(2))))
     small = g.op("If", vertical_first,
@@ -255,7 +274,7 @@ def to_any_size(model, facts):
     shape = g.op("Shape", "image")
     H = g.op("Squeeze", g.op("Slice", shape, g.i64([0]), g.i64([1])), g.i64([0]))
     W = g.op("Squeeze", g.op("Slice", shape, g.i64([1]), g.i64([2])), g.i64([0]))
-    x = model_input(g, "image", facts.image_size, (H, W))
+    x = model_input(g, "image", facts.image_size, (H, W), luma=c == 1)
     g.nodes.append(helper.make_node("Identity", [x], [names["image"]], name="anysize/gen_in"))
     g.nodes.append(helper.make_node("Unsqueeze", ["labels", g.i64([0])], [names["labels"]], name="anysize/labels"))
     pre = list(g.nodes)
@@ -268,24 +287,26 @@ def to_any_size(model, facts):
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(g.inits)
-    model.graph.input.extend([helper.make_tensor_value_info("image", TensorProto.UINT8, ["H", "W", c]),
+    dims = ["H", "W", c if c == 3 else "C"]  # a 1-channel generator takes gray or colour images (C = 1 or 3)
+    model.graph.input.extend([helper.make_tensor_value_info("image", TensorProto.UINT8, dims),
                               helper.make_tensor_value_info("labels", TensorProto.INT64, [k])])
-    model.graph.output.extend([helper.make_tensor_value_info("protected", TensorProto.UINT8, ["H", "W", c])])
+    model.graph.output.extend([helper.make_tensor_value_info("protected", TensorProto.UINT8, dims)])
     facts.io = ANY_SIZE_IO
     return onnx.shape_inference.infer_shapes(model)
 
 
-def model_input_graph(size: tuple[int, int], channels: int, opset: int = 18):
-    """A standalone graph of step 1 only: ``image`` uint8 [H, W, C] -> ``x`` float32 [1, C, h, w]
-    (for checking the resize against :func:`mtlguard.engine.perturb.model_input`)."""
+def model_input_graph(size: tuple[int, int], channels: int, opset: int = 18, luma: bool = False):
+    """A standalone graph of step 1 only: ``image`` uint8 [H, W, C] -> ``x`` float32 [1, C', h, w]
+    (for checking the resize against :func:`mtlguard.engine.perturb.model_input`; ``luma``: C' = 1)."""
     from onnx import TensorProto, helper
 
     g = _Graph("resize")
     shape = g.op("Shape", "image")
     H = g.op("Squeeze", g.op("Slice", shape, g.i64([0]), g.i64([1])), g.i64([0]))
     W = g.op("Squeeze", g.op("Slice", shape, g.i64([1]), g.i64([2])), g.i64([0]))
-    x = model_input(g, "image", size, (H, W))
+    x = model_input(g, "image", size, (H, W), luma=luma)
     g.nodes.append(helper.make_node("Identity", [x], ["x"], name="resize/out"))
     graph = helper.make_graph(g.nodes, "model_input", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["H", "W", channels])],
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, *size])], initializer=g.inits)
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1 if luma else channels, *size])],
+                              initializer=g.inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

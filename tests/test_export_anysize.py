@@ -108,6 +108,47 @@ def test_resize_equals_pillow_on_random_sizes():
     assert vertical_first >= 10  # both pass orders were exercised
 
 
+def test_luma_resize_equals_pillow_convert_l():
+    """1-channel generators see colour images as Pillow's convert("L") (BT.601, fixed point)."""
+    rng = np.random.default_rng(3)
+    sess = ort.InferenceSession(model_input_graph((32, 32), 3, luma=True).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    for h_in, w_in in [(200, 200), (151, 97), (31, 45), (32, 32)]:
+        img = rng.integers(0, 256, (h_in, w_in, 3), dtype=np.uint8)
+        gray = np.asarray(Image.fromarray(img).convert("L"))[:, :, None]
+        (x,) = sess.run(None, {"image": img})
+        assert np.array_equal(x[0], model_input(gray, (32, 32)))
+
+
+def test_one_channel_generator_keeps_colour(utkface_root, tmp_path):
+    """A 1-channel generator on colour photos: luma in, the same delta on every channel (the engine's rule),
+    colour images stay colour; gray images work too."""
+    import inspect
+
+    import torch
+
+    from mtlguard.export import export_onnx, onnx_variant
+    from mtlguard.unlearnable import MTLUEGenerator
+
+    from test_engine_standin import UTK_TASKS
+
+    if "channels" not in inspect.signature(model_input).parameters:
+        pytest.skip("this engine has no luma model input (model_input(..., channels=1))")
+    torch.manual_seed(0)
+    gen = export_onnx(MTLUEGenerator(UTK_TASKS, in_channels=1, image_size=(32, 32)).eval(), tmp_path / "g1.onnx")
+    sess = _session(onnx_variant(gen, tmp_path / "g1_any.onnx", any_size=True))
+    facts = read_onnx_facts(gen)
+    labels = np.array([2, 0, -1], np.int64)
+    with Image.open(utkface_root / "images" / utk_names(utkface_root, 1)[0]) as im:
+        colour = np.asarray(im.convert("RGB").crop((23, 11, 120, 162)))
+    for rgb in (colour, np.asarray(Image.fromarray(colour).convert("L"))[:, :, None]):
+        (prot,) = sess.run(None, {"image": rgb, "labels": labels})
+        x = model_input(rgb, facts.image_size, channels=1)[None]
+        _, delta = _session(gen).run(None, {"image": x, "labels": labels[None]})
+        expect = apply_delta_batch(rgb[None], delta, facts.eps)[0][0]
+        assert prot.shape == rgb.shape and np.array_equal(prot, expect)
+
+
 def _fake_generator(delta_value: float, size=(8, 8), eps=4 / 255):
     """A float32 'generator' graph whose delta ignores eps (constant ``delta_value``), with its facts."""
     from onnx import TensorProto, helper
