@@ -153,29 +153,77 @@ class TensorRTBackend(Backend):
         return d.transpose(0, 3, 1, 2).copy() if self.facts.io == "uint8_nhwc" else d[:n]
 
 
+MODEL_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
+                  ".safetensors": "torch", ".ts": "torch", ".torchscript": "torch", ".jit": "torch", ".pt2": "torch"}
+
+
+class ModelError(ValueError):
+    """A model file the engine cannot use; ``str(e)`` is one line naming the file."""
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """``"Type: first line of the message"``, shortened to ``limit`` characters."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_model_file(model) -> Path:
+    """``model`` as a Path after checking it exists and has a known format (a suffix of
+    :data:`MODEL_SUFFIXES`, or a checkpoint directory)."""
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.is_dir() or path.suffix.lower() in MODEL_SUFFIXES:
+        return path
+    raise ModelError(f"{path}: unknown model format {path.suffix or '(no suffix)'!r}; expected .onnx (onnxruntime), "
+                     ".safetensors (generator checkpoint), .ts/.torchscript/.jit (TorchScript), .pt2 (AOTInductor) "
+                     "or .engine/.plan/.trt (TensorRT)")
+
+
 def default_backend_for(model) -> str:
-    suffix = Path(model).suffix.lower()
-    if suffix in (".engine", ".plan", ".trt"):
-        return "tensorrt"
-    if suffix == ".onnx":
-        return "onnxruntime"
-    return "torch"
+    return MODEL_SUFFIXES.get(Path(model).suffix.lower(), "torch")
 
 
-def load_backend(model, backend: str | None = None, device: str = "cpu", threads: int | None = None) -> Backend:
-    """The backend for ``model`` (``backend=None``: chosen from the file suffix)."""
-    model = Path(model)
-    if not model.exists():
-        raise FileNotFoundError(f"model not found: {model}")
-    backend = backend or default_backend_for(model)
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+def _construct(model: Path, backend: str, device: str, threads: int | None) -> Backend:
     if backend == "onnxruntime":
         if model.suffix.lower() != ".onnx":
-            raise ValueError(f"{model}: the onnxruntime backend needs an .onnx file (export one with `mtlguard export`)")
+            raise ModelError(f"{model}: the onnxruntime backend needs an .onnx file "
+                             "(export one with `mtlguard export`)")
         return OnnxRuntimeBackend(model, device, threads)
     if backend == "torch":
         return TorchBackend(model, device, threads)
     if backend == "tensorrt":
         return TensorRTBackend(model, device, threads)
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+def load_backend(model, backend: str | None = None, device: str = "cpu", threads: int | None = None) -> Backend:
+    """The backend for ``model`` (``backend=None``: chosen from the file suffix).
+
+    A model that cannot be loaded (corrupt, truncated, not a generator export) raises
+    :class:`ModelError` with one line naming the file."""
+    model = check_model_file(model)
+    backend = backend or default_backend_for(model)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    try:
+        return _construct(model, backend, device, threads)
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - protobuf / onnxruntime / torch errors: one line naming the file
+        raise ModelError(f"{model}: cannot load the model with {backend} ({one_line(e)})") from e
+
+
+def read_facts(model, backend: str | None = None) -> GeneratorFacts:
+    """The generator facts of ``model`` without an inference session (the Ray driver's view)."""
+    model = check_model_file(model)
+    backend = backend or default_backend_for(model)
+    try:
+        if backend == "onnxruntime":
+            return read_onnx_facts(model)
+        if backend == "tensorrt":
+            return GeneratorFacts.from_json(model.with_name(model.name + ".json").read_text(), source=str(model))
+        return TorchBackend(model, "cpu").facts
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"{model}: cannot read the model ({one_line(e)})") from e

@@ -26,9 +26,13 @@ def bound_uint8(eps: float) -> int:
     return int(math.ceil(eps * 255.0 - 1e-9))
 
 
-def model_input(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, C] -> float32 [C, h, w] in [0, 1] (Pillow antialiased bilinear, as the data loaders)."""
+def model_input(rgb: np.ndarray, size: tuple[int, int], channels: int | None = None) -> np.ndarray:
+    """uint8 [H, W, C] -> float32 [channels, h, w] in [0, 1] (Pillow antialiased bilinear, as the data loaders).
+
+    ``channels=1`` with a colour image: the generator sees its luma (Pillow's ``convert("L")``, BT.601)."""
     h, w = size
+    if channels == 1 and rgb.shape[2] == 3:
+        rgb = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint8)[:, :, None]
     if rgb.shape[:2] != (h, w):
         img = Image.fromarray(rgb[:, :, 0] if rgb.shape[2] == 1 else rgb)
         small = np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
@@ -107,7 +111,8 @@ def apply_delta_batch(rgb: np.ndarray, delta: np.ndarray, eps: float) -> tuple[n
     """Protect a group of same-size images at once.
 
     Args:
-        rgb: uint8 [N, H, W, C] originals.  delta: float32 [N, C, h, w] at the generator's resolution.
+        rgb: uint8 [N, H, W, C] originals.  delta: float32 [N, C, h, w] at the generator's resolution, or
+            [N, 1, h, w] on C = 3 images: a luma delta, added to every channel (the colour mode is kept).
     Returns:
         ``(protected uint8 [N, H, W, C], max |protected - rgb| per image, int64 [N])``.
     """
@@ -115,6 +120,8 @@ def apply_delta_batch(rgb: np.ndarray, delta: np.ndarray, eps: float) -> tuple[n
     e = np.float32(eps * 255.0)
     up = upsample_delta(delta, h, w, scale=255.0)  # float32 [N, H, W, C], in uint8 steps
     np.clip(up, -e, e, out=up)  # re-clip to eps at native size
+    if up.shape[3] != c:  # a 1-channel (luma) delta on colour images: the same delta on every channel
+        up = np.repeat(up, c, axis=3)
     up += rgb
     np.rint(up, out=up)
     np.clip(up, 0.0, 255.0, out=up)

@@ -3,8 +3,9 @@
 ``ray.data.from_items(files)`` (read) -> ``map_batches(ProtectWorker, compute=ActorPoolStrategy(size=n))``
 where each actor holds ONE inference session (onnxruntime / torch / TensorRT, one GPU each with
 ``device="cuda"``) and decodes, perturbs, encodes and atomically writes its batch (write) -> per-file
-results collected by the driver, which appends the journal and builds the same report as the local
-executor.
+results collected by the driver, which reports them to the pipeline's :class:`~mtlguard.engine.executor.Sink`
+(journal + report), as the local executor does.  The workers run the same
+:mod:`~mtlguard.engine.work` functions as the local executor.
 
 Running on a cluster
 --------------------
@@ -28,49 +29,31 @@ from pathlib import Path
 
 import numpy as np
 
+from .executor import Executor, Sink, StageTimes
+from .work import Item, WorkSpec, decode_item, failure_reason, process_chunk
+
+_COLUMNS = ("file", "out", "ok", "reason", "max_abs", "extra", "decode_s", "infer_s", "encode_s")
+
 
 class ProtectWorker:
     """Ray Data actor: one inference session, protects a batch of files end to end."""
 
-    def __init__(self, in_root, out_root, model, backend, device, quality, png, max_pixels, decoder,
-                 passthrough, threads):
+    def __init__(self, spec: WorkSpec, model, backend, device, threads):
         from .backends import load_backend
 
-        self.in_root, self.out_root = Path(in_root), Path(out_root)
-        self.be = None if passthrough else load_backend(model, backend, device, threads)
-        self.quality, self.png, self.max_pixels, self.decoder = quality, tuple(png), max_pixels, decoder
+        self.spec = spec
+        self.be = None if spec.size is None else load_backend(model, backend, device, threads)
 
     def __call__(self, batch: dict) -> dict:
-        from .imageio import DecodeError, decode_file
-        from .perturb import model_input
-        from .pipeline import Item, process_chunk
-
-        facts = self.be.facts if self.be is not None else None
-        size = tuple(facts.image_size) if facts else None
-        channels = facts.in_channels if facts else 3
-        n = len(batch["rel"])
-        out = {k: [] for k in ("file", "out", "ok", "reason", "max_abs", "extra", "decode_s", "infer_s", "encode_s")}
-        good = []
-        for i in range(n):
-            item = Item(Path(str(batch["src"][i])), str(batch["rel"][i]), str(batch["out_rel"][i]), str(batch["fmt"][i]),
-                        np.asarray(batch["labels"][i], dtype=np.int64))
-            t = time.perf_counter()
-            try:
-                dec = decode_file(item.src, channels, self.max_pixels, self.decoder)
-                x = model_input(dec.rgb, size) if size else None
-                good.append((item, dec, x, time.perf_counter() - t))
-            except Exception as e:  # noqa: BLE001 - reported per file
-                reason = str(e) if isinstance(e, DecodeError) else f"{type(e).__name__}: {e}"
-                self._emit(out, item, False, reason, 0, {}, time.perf_counter() - t, 0.0, 0.0)
-        deltas, infer_s = [None] * len(good), 0.0
+        out = {k: [] for k in _COLUMNS}
+        good = self._decode(batch, out)
+        deltas, infer_s = None, 0.0
         if good and self.be is not None:
             t = time.perf_counter()
             deltas = self.be.run(np.stack([g[2] for g in good]), np.stack([g[0].labels for g in good]))
             infer_s = time.perf_counter() - t
-        eps = facts.eps if facts else 0.0
         t = time.perf_counter()
-        done = process_chunk([g[0] for g in good], [g[1] for g in good], None if self.be is None else deltas, eps,
-                             self.out_root, self.in_root, self.quality, *self.png)
+        done = process_chunk([g[0] for g in good], [g[1] for g in good], deltas, self.spec)
         enc_each = (time.perf_counter() - t) / max(1, len(good))
         for (item, _, _, dt), (_, r, err) in zip(good, done):
             if err is None:
@@ -79,22 +62,27 @@ class ProtectWorker:
                 self._emit(out, item, False, err, 0, {}, dt, 0.0, 0.0)
         return {k: np.asarray(v) for k, v in out.items()}
 
+    def _decode(self, batch: dict, out: dict) -> list:
+        good = []
+        for i in range(len(batch["rel"])):
+            item = Item(Path(str(batch["src"][i])), str(batch["rel"][i]), str(batch["out_rel"][i]),
+                        str(batch["fmt"][i]), np.asarray(batch["labels"][i], dtype=np.int64))
+            t = time.perf_counter()
+            try:
+                dec, x = decode_item(item, self.spec)
+                good.append((item, dec, x, time.perf_counter() - t))
+            except Exception as e:  # noqa: BLE001 - reported per file
+                self._emit(out, item, False, failure_reason(e), 0, {}, time.perf_counter() - t, 0.0, 0.0)
+        return good
+
     @staticmethod
     def _emit(out, item, ok, reason, max_abs, extra, dec_s, inf_s, enc_s):
-        out["file"].append(item.rel)
-        out["out"].append(item.out_rel)
-        out["ok"].append(ok)
-        out["reason"].append(reason)
-        out["max_abs"].append(int(max_abs))
-        out["extra"].append(json.dumps(extra))
-        out["decode_s"].append(dec_s)
-        out["infer_s"].append(inf_s)
-        out["encode_s"].append(enc_s)
+        for key, value in zip(_COLUMNS, (item.rel, item.out_rel, ok, reason, int(max_abs), json.dumps(extra),
+                                         dec_s, inf_s, enc_s)):
+            out[key].append(value)
 
 
-def run_ray(todo, in_root, out_root, model_path, backend, device, batch_size, workers, quality, png,
-            max_pixels, decoder, passthrough, address=None, threads=None):
-    """Run ``todo`` (pipeline Items) on Ray; returns ``(results, failures, (decode_s, infer_s, encode_s))``."""
+def _init_ray(address, workers: int):
     try:
         import ray
         import ray.data
@@ -105,31 +93,51 @@ def run_ray(todo, in_root, out_root, model_path, backend, device, batch_size, wo
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    rows = [{"src": str(i.src), "rel": i.rel, "out_rel": i.out_rel, "fmt": i.fmt,
-             "labels": (i.labels if i.labels is not None else np.zeros(0, np.int64)).tolist()} for i in todo]
-    ds = ray.data.from_items(rows)
-    ds = ds.map_batches(
-        ProtectWorker,
-        fn_constructor_kwargs=dict(in_root=str(in_root), out_root=str(out_root),
-                                   model=str(model_path) if model_path else None, backend=backend, device=device,
-                                   quality=quality, png=tuple(png), max_pixels=max_pixels, decoder=decoder,
-                                   passthrough=passthrough, threads=threads or 1),
-        batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
-        num_cpus=1, num_gpus=1 if device == "cuda" else 0,
-    )
-    results, failures = [], []
-    dec = inf = enc = 0.0
-    for row in ds.iter_rows():
-        dec += float(row["decode_s"])
-        inf += float(row["infer_s"])
-        enc += float(row["encode_s"])
-        if bool(row["ok"]):
-            r = json.loads(str(row["extra"]))
-            results.append(r)
-        else:
-            failures.append({"file": str(row["file"]), "reason": str(row["reason"])})
-    results.sort(key=lambda r: r["file"])
-    return results, failures, (dec, inf, enc)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray
+
+
+class RayExecutor(Executor):
+    """A Ray Data job (see the module docstring); ``model`` None = passthrough."""
+
+    name = "ray"
+
+    def __init__(self, spec: WorkSpec, model, backend: str | None, device: str, threads: int | None,
+                 batch_size: int, workers: int, address: str | None = None):
+        self.spec, self.model, self.backend, self.device, self.threads = spec, model, backend, device, threads
+        self.batch_size, self.workers, self.address = batch_size, workers, address
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "device": self.device}
+
+    def _dataset(self, ray, todo: list[Item]):
+        rows = [{"src": str(i.src), "rel": i.rel, "out_rel": i.out_rel, "fmt": i.fmt,
+                 "labels": (i.labels if i.labels is not None else np.zeros(0, np.int64)).tolist()} for i in todo]
+        return ray.data.from_items(rows).map_batches(
+            ProtectWorker,
+            fn_constructor_kwargs=dict(spec=self.spec, model=str(self.model) if self.model else None,
+                                       backend=self.backend, device=self.device, threads=self.threads or 1),
+            batch_size=self.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=max(1, self.workers)),
+            num_cpus=1, num_gpus=1 if self.device == "cuda" else 0,
+        )
+
+    def run(self, todo: list[Item], sink: Sink) -> StageTimes:
+        """Run ``todo`` on Ray; every output is journaled as started first (the actors write them)."""
+        times = StageTimes()
+        if not todo:
+            return times
+        ray = _init_ray(self.address, self.workers)
+        sink.starting(todo)
+        results = []
+        for row in self._dataset(ray, todo).iter_rows():
+            times.decode_s += float(row["decode_s"])
+            times.infer_s += float(row["infer_s"])
+            times.encode_s += float(row["encode_s"])
+            if bool(row["ok"]):
+                results.append(json.loads(str(row["extra"])))
+            else:
+                sink.failed(str(row["file"]), str(row["reason"]))
+        for r in sorted(results, key=lambda r: r["file"]):
+            sink.done(r)
+        return times

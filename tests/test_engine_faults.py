@@ -135,7 +135,8 @@ def test_resume_after_sigkill_finishes_without_duplicates_or_partials(utkface_ro
     assert rep["failed"] == 0 and rep["done"] + rep["skipped"] == total and rep["skipped"] >= 1
     assert any(TMP_MARK in p for p in rep["partials_removed"])
     outs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and STATE_DIR not in p.parts)
-    assert outs == sorted(p.relative_to(src).with_suffix(".png").as_posix() for p in src.rglob("*.jpg"))
+    assert outs == sorted([p.relative_to(src).with_suffix(".png").as_posix() for p in src.rglob("*.jpg")]
+                          + ["labels.csv", "tasks.json"])  # the labels the job used, for FolderDataset
     # identical to an uninterrupted run
     ref = tmp_path / "ref"
     protect_directory(src, ref, model=exported_onnx(), dataset="utkface", batch_size=8, png_compression=9, progress=False)

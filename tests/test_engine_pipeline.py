@@ -102,7 +102,10 @@ def test_labels_csv_indices_names_and_missing_rows(utk_tree, tmp_path):
                    f"{names[1]},,-1,0\n"
                    f"nested/deeper/{sorted(p.name for p in (utk_tree / 'nested/deeper').glob('*.jpg'))[0]},20-29,male,\n")
     rep = protect_directory(utk_tree, tmp_path / "out", model=exported_onnx(), labels=csv, progress=False)
-    assert rep["done"] == 12 and rep["labels"] == {"source": "csv", "images_without_labels": 9}
+    lab = rep["labels"]
+    assert rep["done"] == 12 and lab["source"] == "csv" and lab["images_without_labels"] == 9
+    assert len(lab["images_without_labels_first"]) == 5 and lab["rows_without_images"] == 0
+    assert lab["unprotected_tasks"] == []
     from mtlguard.engine.labels import CsvLabels
     from mtlguard.export import read_onnx_facts
 

@@ -206,3 +206,37 @@ def copy_utk(root: Path, dest: Path, n: int, offset: int = 0) -> list[str]:
     for name in names:
         shutil.copyfile(root / "images" / name, dest / name)
     return names
+
+
+def one_channel_onnx() -> Path:
+    """A 1-channel (grayscale) generator with the UTKFace tasks, exported to ONNX once per process."""
+    if "onnx1" not in _CACHE:
+        from mtlguard.export import export_onnx
+
+        cls = real_generator_class()
+        torch.manual_seed(1)
+        g1 = (cls(UTK_TASKS, in_channels=1, image_size=(32, 32)) if cls is not None
+              else StandInGenerator(in_channels=1)).eval()
+        path = cache_dir() / "gen_gray.onnx"
+        export_onnx(g1, path)
+        _CACHE["onnx1"] = path
+    return _CACHE["onnx1"]
+
+
+def tree_digest(root: Path) -> dict:
+    """``{relative path: sha256}`` of every file under ``root`` (empty if it does not exist)."""
+    import hashlib
+
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_labels_csv(path: Path, names, header: str = "path,age,gender,race", extra=None) -> Path:
+    """A labels.csv with the real UTKFace labels of ``names`` (``extra``: more raw lines)."""
+    lab = utk_labels([Path(n).name for n in names])
+    rows = [header] + [f"{n},{a},{g},{r}" for n, (a, g, r) in zip(names, lab.tolist())] + list(extra or [])
+    path.write_text("\n".join(rows) + "\n")
+    return path

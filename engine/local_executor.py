@@ -1,0 +1,149 @@
+"""``--executor local``: decode, inference and encode overlapped with threads in this process.
+
+Decode runs in ``workers`` threads, ``window`` images ahead; decoded images are batched at the
+generator's resolution and run through the backend in the driver thread (onnxruntime / torch release
+the GIL); each batch is split into encode jobs of a few images (``workers`` threads) whose same-size
+images get their deltas in one vectorized step.  onnxruntime, torch, simplejpeg, numpy and Pillow's
+resize release the GIL in their heavy parts; Pillow's in-memory PNG encoder does not, so the encode
+threads take turns on the GIL while still overlapping decode and inference.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .executor import Executor, Sink, StageTimes
+from .work import Item, WorkSpec, decode_job, process_chunk
+
+
+def chunks(n: int, workers: int) -> list[slice]:
+    """Split a batch of ``n`` into encode jobs: about two per worker (load balance), >= 1 image each."""
+    size = max(1, -(-n // (2 * workers)))
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class LocalExecutor(Executor):
+    """Threads in this process; ``backend`` None = passthrough (decode + encode only)."""
+
+    name = "local"
+
+    def __init__(self, spec: WorkSpec, backend, batch_size: int, workers: int, progress: bool = True,
+                 device: str = "cpu"):
+        self.spec, self.backend = spec, backend
+        self.batch_size, self.workers, self.progress, self.device = batch_size, workers, progress, device
+
+    def describe(self) -> dict:
+        return self.backend.describe() if self.backend is not None else {"backend": None, "device": self.device}
+
+    def run(self, todo: list[Item], sink: Sink) -> StageTimes:
+        return _LocalRun(self, todo, sink).run()
+
+
+def _timed_chunk(items, decs, deltas, spec):
+    t, c = time.perf_counter(), time.thread_time()
+    return process_chunk(items, decs, deltas, spec), time.perf_counter() - t, time.thread_time() - c
+
+
+class _LocalRun:
+    """One run of :class:`LocalExecutor`: bounded decode-ahead window -> batches -> encode jobs."""
+
+    def __init__(self, ex: LocalExecutor, todo: list[Item], sink: Sink):
+        from tqdm.auto import tqdm
+
+        self.ex, self.sink, self.times = ex, sink, StageTimes()
+        self.window = max(2 * ex.batch_size, 4 * ex.workers)
+        self.todo, self.exhausted = iter(todo), False
+        self.pending: deque = deque()  # decode futures
+        self.encoding: deque = deque()  # (future, items)
+        self.in_encode = 0
+        self.bar = tqdm(total=len(todo), desc="protect" if ex.backend is not None else "passthrough", unit="img",
+                        disable=not ex.progress, dynamic_ncols=True)
+        self.dpool = ThreadPoolExecutor(ex.workers, thread_name_prefix="mtlg-decode")
+        self.epool = ThreadPoolExecutor(ex.workers, thread_name_prefix="mtlg-encode")
+
+    def run(self) -> StageTimes:
+        try:
+            self._fill()
+            batch = []
+            while self.pending:
+                item, dec, x, err, dt, dc = self.pending.popleft().result()
+                self.times.decode_s += dt
+                self.times.decode_cpu += dc
+                self._fill()
+                if err is not None:
+                    self._fail(item.rel, err)
+                else:
+                    batch.append((item, dec, x))
+                if len(batch) >= self.ex.batch_size or (not self.pending and batch):
+                    self._flush(batch)
+                    batch = []
+                self._drain(self.window)
+            self._drain(0)
+        finally:
+            self.dpool.shutdown(wait=True, cancel_futures=True)
+            self.epool.shutdown(wait=True)
+            self.bar.close()
+        return self.times
+
+    def _fill(self) -> None:
+        while not self.exhausted and len(self.pending) < self.window:
+            nxt = next(self.todo, None)
+            if nxt is None:
+                self.exhausted = True
+                return
+            self.pending.append(self.dpool.submit(decode_job, nxt, self.ex.spec))
+
+    def _fail(self, rel: str, reason: str) -> None:
+        self.sink.failed(rel, reason)
+        self.bar.update(1)
+
+    def _infer(self, batch):
+        """The batch's deltas (None: passthrough); on an inference error every file of the batch fails."""
+        be = self.ex.backend
+        if be is None:
+            return None
+        t = time.perf_counter()
+        try:
+            return be.run(np.stack([b[2] for b in batch]), np.stack([b[0].labels for b in batch]).astype(np.int64))
+        except Exception as e:  # noqa: BLE001 - fail this batch's files, keep going
+            for item, _, _ in batch:
+                self._fail(item.rel, f"inference failed: {type(e).__name__}: {e}")
+            return False
+        finally:
+            self.times.infer_s += time.perf_counter() - t
+
+    def _flush(self, batch) -> None:
+        deltas = self._infer(batch)
+        if deltas is False:
+            return
+        self.sink.starting([b[0] for b in batch])
+        for sl in chunks(len(batch), self.ex.workers):
+            items = [b[0] for b in batch[sl]]
+            fut = self.epool.submit(_timed_chunk, items, [b[1] for b in batch[sl]],
+                                    None if deltas is None else deltas[sl], self.ex.spec)
+            self.encoding.append((fut, items))
+            self.in_encode += len(items)
+        self._drain(self.window)
+
+    def _drain(self, block_until: int) -> None:
+        while self.encoding and (self.encoding[0][0].done() or self.in_encode > block_until):
+            fut, items = self.encoding.popleft()
+            self.in_encode -= len(items)
+            self._finish(fut, items)
+
+    def _finish(self, fut, items) -> None:
+        try:
+            out, dt, dc = fut.result()
+        except Exception as e:  # noqa: BLE001 - process_chunk catches per file; this is a last resort
+            out, dt, dc = [(item, None, f"encode/write failed: {type(e).__name__}: {e}") for item in items], 0.0, 0.0
+        self.times.encode_s += dt
+        self.times.encode_cpu += dc
+        for item, r, err in out:
+            if err is not None:
+                self.sink.failed(item.rel, err)
+            else:
+                self.sink.done(r)
+        self.bar.update(len(out))
