@@ -84,3 +84,90 @@ def test_tap_fit_lowers_targeted_loss(tiny_utk):
     after = targeted()
     assert after < before, (before, after)
     assert not any(p.requires_grad for p in sur.parameters())  # TAP keeps the surrogate frozen
+
+
+# --- robust fitting (native resolution, EOT, ensembles, joint EM, speed options, extending a fit) -------------
+@pytest.fixture(scope="module")
+def native_utk(utkface_root, tmp_path_factory):
+    return UTKFace(utkface_root, split="train", image_size=48, subset=16, seed=0,
+                   cache_dir=tmp_path_factory.mktemp("cache48"), progress=False)
+
+
+def _robust_cfg(**kw):
+    from mtlguard.unlearnable.eot import EOTConfig
+
+    base = dict(epochs=2, batch_size=8, seed=0, eot=EOTConfig(sizes=(16, 24)), stop_acc=2.0)
+    base.update(kw)
+    return FitConfig(**base)
+
+
+def test_tap_ensemble_at_native_size_lowers_the_mean_targeted_loss(native_utk):
+    from mtlguard.models.losses import task_loss
+    from mtlguard.unlearnable.eot import VictimView, fixed_view
+    from mtlguard.unlearnable.fitting import protect_batch
+
+    torch.manual_seed(0)
+    tasks = native_utk.tasks
+    surs = [build_model(tasks, arch=a, image_size=24) for a in ("resnet18", "small_cnn")]
+    x, y = _batch(native_utk)
+    for s in surs:  # clean-trained (to fit) at the victims' size: TAP needs a surrogate with features
+        opt = torch.optim.Adam(s.parameters(), 3e-3)
+        for _ in range(30):
+            loss = sum(task_loss(t, s(fixed_view(x, 24))[t.name], y[t.name]) for t in tasks)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        s.eval()
+    gen = MTLUEGenerator(tasks, image_size=16, delta_channels="luma")
+
+    cfg = _robust_cfg(base="tap", epochs=6, lr=1e-2)
+    view = VictimView(cfg.eot)
+
+    def mean_targeted():  # E_T[L_tap] over 8 seeded victim pipelines, per surrogate
+        gen.eval()
+        g = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            xp = protect_batch(gen, x, y)
+            return [sum(float(tap_loss(tasks, s(view(xp, g)), y)) for _ in range(8)) / 8 for s in surs]
+
+    before = mean_targeted()
+    fit_generator(gen, native_utk, surs, cfg, progress=False)
+    after = mean_targeted()
+    assert sum(after) < sum(before), (before, after)
+    assert all(not p.requires_grad for s in surs for p in s.parameters())
+
+
+def test_joint_em_bf16_channels_last_trains_the_surrogate_every_batch(native_utk, tmp_path):
+    torch.manual_seed(0)
+    tasks = native_utk.tasks
+    sur = build_model(tasks, arch="small_cnn", image_size=24)
+    w0 = [p.detach().clone() for p in sur.parameters()]
+    gen = MTLUEGenerator(tasks, image_size=16, delta_channels="luma")
+    cfg = _robust_cfg(base="em", train_steps=0, joint=True, reinit_every=1, amp="bf16", channels_last=True)
+    res = fit_generator(gen, native_utk, sur, cfg, out_dir=tmp_path, progress=False)
+    assert res.rounds == 2 and all(0 <= h["train_acc"] <= 1 for h in res.history)
+    assert any(not torch.equal(a, b) for a, b in zip(w0, sur.parameters()))  # no surrogate_steps phase: joint
+    st = torch.load(tmp_path / "fit_state.pt", weights_only=True)
+    assert len(st["surrogates"]) == 1 and "sur_opts" in st  # EM's trained surrogate is part of the state
+    with pytest.raises(ValueError, match="joint / reinit_every"):
+        FitConfig(base="tap", joint=True)
+    with pytest.raises(ValueError, match="amp"):
+        FitConfig(amp="fp8")
+
+
+def test_tap_state_excludes_the_frozen_surrogate_and_a_fit_can_be_extended(native_utk, tmp_path):
+    torch.manual_seed(0)
+    tasks = native_utk.tasks
+    sur = build_model(tasks, arch="small_cnn", image_size=24).eval()
+    gen = MTLUEGenerator(tasks, image_size=16)
+    fit_generator(gen, native_utk, sur, _robust_cfg(base="tap", epochs=1), out_dir=tmp_path, progress=False)
+    st = torch.load(tmp_path / "fit_state.pt", weights_only=True)
+    assert "surrogates" not in st and "surrogate" not in st and st["done"]
+    size_tap = (tmp_path / "fit_state.pt").stat().st_size
+    gen_bytes = sum(v.numel() * v.element_size() for v in gen.state_dict().values())
+    assert size_tap < 4 * gen_bytes  # generator + Adam moments, no surrogate
+    # the same fit with more rounds continues from round 1 (not a "different fit configuration")
+    res = fit_generator(gen, native_utk, sur, _robust_cfg(base="tap", epochs=3), out_dir=tmp_path, progress=False)
+    assert [h["round"] for h in res.history] == [1, 2, 3]
+    again = fit_generator(gen, native_utk, sur, _robust_cfg(base="tap", epochs=3), out_dir=tmp_path, progress=False)
+    assert len(again.history) == 3  # finished: nothing re-run

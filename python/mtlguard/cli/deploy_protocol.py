@@ -43,7 +43,8 @@ def fit_recipe_for(args, train_set, work: Path):
             return onnx
         cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
                         train_steps=args.gen_train_steps, seed=args.seed, eot=eot_config(args),
-                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, joint=args.joint, reinit_every=args.reinit_every)
+                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, joint=args.joint, reinit_every=args.reinit_every,
+                        amp=args.amp, channels_last=args.channels_last)
         recipe = GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=args.eps / 255, delta_units=args.gen_delta_units,
                                  delta_channels=args.delta_channels, surrogate_archs=(args.arch,),
                                  surrogate_epochs=args.surrogate_epochs, sep_checkpoints=args.sep_checkpoints)

@@ -69,13 +69,14 @@ def base_loss(name: str, models: Sequence[nn.Module], tasks: Sequence[TaskSpec],
               targets: Mapping[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
     """``L_b`` of Alg. 1 for ``name`` in ``("em", "tap", "sep")`` on the (augmented) protected batch ``x``.
 
-    ``models``: ``[surrogate]`` for EM/TAP, the checkpoint ensemble for SEP.
+    ``models``: ``[surrogate]`` for EM/TAP (several: the mean of their losses, an ensemble over
+    architectures), the checkpoint ensemble for SEP.
     """
+    if not models:
+        raise ValueError("base_loss: no surrogate model")
     if name == "em":
-        return em_loss(tasks, models[0](x), targets, reduction)
-    if name == "tap":
-        return tap_loss(tasks, models[0](x), targets, reduction)
-    if name == "sep":
+        return sum(em_loss(tasks, m(x), targets, reduction) for m in models) / len(models)
+    if name in ("tap", "sep"):
         return ensemble_tap_loss(models, tasks, x, targets, reduction)
     raise ValueError(f"unknown base loss {name!r}; expected one of {BASE_LOSSES}")
 

@@ -46,6 +46,10 @@ def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
                    help="PGD steps of the adversarial views (default: %(default)s)")
     p.add_argument("--joint", action="store_true",
                    help="EM: surrogates step on every generator batch (joint EM; see mtlguard.unlearnable.fitting)")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none",
+                   help="bf16: autocast the fit's convolutions to bfloat16 (faster on CPUs with AVX512-BF16 and on "
+                        "GPUs) (default: %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC tensors in the fit (faster on CPU)")
     p.add_argument("--reinit-every", type=int, default=0,
                    help="EM: re-initialize the surrogates every N rounds (0 = never) (default: %(default)s)")
 

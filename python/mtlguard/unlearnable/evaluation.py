@@ -323,25 +323,35 @@ class ProtectionBenchmark:
 
 # --- reports -------------------------------------------------------------------------------------------
 def markdown_table(results: dict) -> str:
-    """Table 2 layout: rows = methods, columns = per-task metric + Avg. for MTL and STL victims."""
+    """Table 2 layout: rows = methods, columns = per-task metric + Avg. for MTL and STL victims, and the
+    protection ratio of every row against the clean row (``PR = (clean - row) / (clean - majority)`` per
+    task; the table shows the worst task's PR, :mod:`.deploy_report` explains the number)."""
+    from .deploy_report import protection_ratio
+
     tasks = results["tasks"]
+    maj = results.get("majority") or {}
     has_stl = any("stl" in r for r in results["rows"].values())
-    head = ["Method"] + [f"MTL {t}" for t in tasks] + ["MTL Avg."]
+    parts = ("mtl",) + (("stl",) if has_stl else ())
+    head = ["Method"] + [f"MTL {t}" for t in tasks] + ["MTL Avg.", "MTL worst PR"]
     if has_stl:
-        head += [f"STL {t}" for t in tasks] + ["STL Avg."]
+        head += [f"STL {t}" for t in tasks] + ["STL Avg.", "STL worst PR"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    clean = {p: results["rows"].get("clean", {}).get(p, {}) for p in parts}
     for key, r in results["rows"].items():
         cells = [key]
-        for part in (("mtl",) + (("stl",) if has_stl else ())):
+        for part in parts:
             vals = r.get(part, {})
             nums = [100 * vals[t] for t in tasks if t in vals]
             cells += [f"{100 * vals[t]:.2f}" if t in vals else "-" for t in tasks]
             cells.append(f"{np.mean(nums):.2f}" if len(nums) == len(tasks) else "-")
+            prs = [protection_ratio(clean[part][t], vals[t], maj[t]) for t in tasks
+                   if t in vals and t in clean[part] and t in maj]
+            prs = [(v, t) for v, t in zip(prs, tasks) if not np.isnan(v)]
+            cells.append(f"{min(prs)[0]:.2f} ({min(prs)[1]})" if prs and key != "clean" else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    maj = results.get("majority") or {}
     if all(t in maj for t in tasks):
         nums = [100 * maj[t] for t in tasks]
-        cells = [f"{v:.2f}" for v in nums] + [f"{np.mean(nums):.2f}"]
+        cells = [f"{v:.2f}" for v in nums] + [f"{np.mean(nums):.2f}", "1.00"]
         lines.append("| *majority class (test)* | " + " | ".join(cells * (2 if has_stl else 1)) + " |")
     return "\n".join(lines)
 
@@ -407,7 +417,9 @@ def write_report(results: dict, bench: ProtectionBenchmark, stem: str | os.PathL
           f"{cfg['device']}, torch {torch.__version__}; train {results['train_size']} / test "
           f"{results['test_size']} images; victims {cfg['arch']} LS, {cfg['victim_epochs']} epochs, batch "
           f"{cfg['victim_batch_size']}; eps {cfg['eps'] * 255:.1f}/255.", "",
-          "Clean-test accuracy (%) of victims trained on each protected training set (lower = better protection):",
+          "Clean-test accuracy (%) of victims trained on each protected training set (lower = better protection) "
+          "and the worst task's protection ratio PR = (acc_clean - acc) / (acc_clean - acc_majority) (1 = "
+          "nothing learned beyond the majority class, 0 = no protection):",
           "", markdown_table(results), "",
           "Relative intra-class std of the MTL victims' encoder features on their training set (Table 3):", "",
           std_table(results), "", f"Perturbations / protected images: `{grid.name}`.", "", extra_md]

@@ -29,7 +29,9 @@ Robust fitting (our extensions, each off by default so Alg. 1 as written stays a
   EM surrogate is trained on such views (PGD-AT), so the shortcut must survive an adversarially trained
   victim.
 * **Several surrogates** (pass a list): ``L_b`` is their mean (SEP-style over architectures); EM trains
-  each.
+  each; TAP takes the mean of the targeted losses of the clean-trained models.
+* **Speed** (``amp="bf16"``, ``channels_last``): convolutions autocast to bfloat16 (image arithmetic, the
+  clip and the losses stay float32) and NHWC tensors; ``bench/fit.py`` measures the ratio per round.
 * **Joint EM** (``joint``): with EM, the surrogates take an optimizer step on every generator batch, on
   the same views and the same loss, instead of only ``train_steps`` steps after each pass.  EM's
   ``min_delta min_theta`` then becomes joint descent: the generator writes a label code into the
@@ -88,6 +90,8 @@ class FitConfig:
     adv_steps: int = 0
     joint: bool = False             # EM: the surrogates also step on every generator batch (module notes)
     reinit_every: int = 0           # EM: re-initialize the surrogates every N rounds (0 = never)
+    amp: str = "none"               # "bf16": autocast convolutions to bfloat16 (speed; see bench/fit.py)
+    channels_last: bool = False     # NHWC memory format for the generator and surrogates (speed)
 
     def __post_init__(self):
         if self.base not in BASE_LOSSES:
@@ -96,6 +100,8 @@ class FitConfig:
             raise ValueError(f"FitConfig: epochs ({self.epochs}) and batch_size ({self.batch_size}) must be >= 1")
         if isinstance(self.eot, dict):
             self.eot = EOTConfig.from_dict(self.eot)
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"FitConfig.amp must be 'none' or 'bf16', got {self.amp!r}")
         if (self.joint or self.reinit_every) and self.base != "em":
             raise ValueError(f"FitConfig: joint / reinit_every apply to base 'em' only, got base {self.base!r}")
         if self.adv_eps < 0 or self.adv_steps < 0 or (self.adv_eps > 0) != (self.adv_steps > 0):
@@ -109,7 +115,8 @@ class FitConfig:
 
 
 #: options added after fit states were first saved, with the value those states were made with
-_LATER_OPTIONS = {"eot": None, "adv_eps": 0.0, "adv_steps": 0, "joint": False, "reinit_every": 0}
+_LATER_OPTIONS = {"eot": None, "adv_eps": 0.0, "adv_steps": 0, "joint": False, "reinit_every": 0, "amp": "none",
+                  "channels_last": False}
 
 
 @dataclass
@@ -234,9 +241,19 @@ class _Alg1:
                 s.eval()
                 s.requires_grad_(False)
         self.views = _Views(cfg, generator)
+        if cfg.channels_last:
+            for m in [generator, *surrogates]:
+                m.to(memory_format=torch.channels_last)
         self.use_er = generator.num_class_tasks > 0
         self.history: list[dict] = []
         self.start_round = 0
+
+    # --- speed options -------------------------------------------------------------------------------------
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
+
+    def nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     # --- schedule ----------------------------------------------------------------------------------------
     def milestones(self) -> list[int]:
@@ -271,9 +288,12 @@ class _Alg1:
             if i >= n_batches:
                 break
             targets = to_device(targets, self.device)
-            xv = self.views(protect_batch(gen, x.to(self.device), targets), rng)
-            xv = self.views.adversarial(self.models, xv, targets)
-            lb = base_loss(cfg.base, self.models, gen.tasks, xv, targets)
+            with self.autocast():
+                xp = protect_batch(gen, self.nhwc(x.to(self.device)), targets)
+            xv = self.views(xp.float(), rng)  # the victim pipeline (JPEG, resizing) stays float32
+            with self.autocast():
+                xv = self.views.adversarial(self.models, self.nhwc(xv), targets)
+                lb = base_loss(cfg.base, self.models, gen.tasks, xv, targets).float()
             loss, li, lj = lb, torch.zeros(()), torch.zeros(())
             if self.use_er:
                 embs = gen.task_embeddings()
@@ -309,10 +329,13 @@ class _Alg1:
             x, targets = next(batches)
             targets = to_device(targets, self.device)
             with torch.no_grad():
-                xv = self.views(protect_batch(self.gen, x.to(self.device), targets), rng)
+                with self.autocast():
+                    xp = protect_batch(self.gen, self.nhwc(x.to(self.device)), targets)
+                xv = self.nhwc(self.views(xp.float(), rng))
             for s, opt in zip(self.surrogates, self.sur_opts):
-                xs = self.views.adversarial([s], xv, targets) if cfg.adv_steps else xv
-                train_step(s, self.gen.tasks, opt, xs, targets, augment=False)
+                with self.autocast():
+                    xs = self.views.adversarial([s], xv, targets) if cfg.adv_steps else xv
+                    train_step(s, self.gen.tasks, opt, xs, targets, augment=False)
 
     def reinit_surrogates(self) -> None:
         """Fresh weights and optimizer state for every surrogate (``reinit_every``)."""
@@ -323,8 +346,9 @@ class _Alg1:
             opt.state.clear()
 
     def accuracy(self) -> float:
-        return protected_accuracy(self.gen, self.surrogates[0], self.data, self.cfg.batch_size, self.device,
-                                  self.cfg.max_batches, check_view_size(self.cfg, self.gen), self.progress)
+        with self.autocast():
+            return protected_accuracy(self.gen, self.surrogates[0], self.data, self.cfg.batch_size, self.device,
+                                      self.cfg.max_batches, check_view_size(self.cfg, self.gen), self.progress)
 
     # --- state -------------------------------------------------------------------------------------------
     def state(self, fingerprint: str, done: bool, stopped_early: bool) -> dict:

@@ -309,6 +309,7 @@ class MTLUEGenerator(nn.Module):
         raw = self.perturbation(image, labels, dense)
         if self.delta_units == "eps":
             raw = raw * self.eps
+
         return ops.project_linf(image, raw, self.eps)
 
     def protect_native(self, image: torch.Tensor, labels: torch.Tensor,

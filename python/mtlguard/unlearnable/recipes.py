@@ -39,8 +39,8 @@ class GeneratorRecipe:
         self.surrogate_archs = tuple(self.surrogate_archs)
         if not self.surrogate_archs:
             raise ValueError("GeneratorRecipe: at least one surrogate architecture is needed")
-        if len(self.surrogate_archs) > 1 and self.fit.base != "em":
-            raise ValueError("GeneratorRecipe: several surrogate architectures are supported for base 'em' only")
+        if len(self.surrogate_archs) > 1 and self.fit.base == "sep":
+            raise ValueError("GeneratorRecipe: SEP's checkpoint ensemble uses one surrogate architecture")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -49,8 +49,9 @@ class GeneratorRecipe:
         return d
 
 
-def _clean_snapshots(recipe: GeneratorRecipe, surrogate, train_set, out_dir: Path, device, progress) -> list[dict]:
-    path = out_dir / "clean_surrogate.pt"
+def _clean_snapshots(recipe: GeneratorRecipe, surrogate, train_set, out_dir: Path, device, progress,
+                     name: str = "clean_surrogate.pt") -> list[dict]:
+    path = out_dir / name
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)["snapshots"]
     eot = recipe.fit.eot
@@ -78,9 +79,12 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
     sur_size = max(recipe.fit.eot.sizes) if recipe.fit.eot is not None else size[0]
     surs = [build_surrogate(train_set.tasks, channels, sur_size, a) for a in recipe.surrogate_archs]
     snaps = None
-    if recipe.fit.base != "em":
-        snaps = _clean_snapshots(recipe, surs[0], train_set, out, device, progress)
-        surs[0].load_state_dict(snaps[-1])
+    if recipe.fit.base != "em":  # clean-trained, frozen surrogates (TAP: one per architecture)
+        for i, (arch, sur) in enumerate(zip(recipe.surrogate_archs, surs)):
+            name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{arch}.pt"
+            arch_snaps = _clean_snapshots(recipe, sur, train_set, out, device, progress, name)
+            sur.load_state_dict(arch_snaps[-1])
+            snaps = snaps or arch_snaps
     res = fit_generator(gen, train_set, surs, recipe.fit, snapshots=snaps if recipe.fit.base == "sep" else None,
                         out_dir=out, device=device, progress=progress)
     gen.save(out / "generator.safetensors", extra={**(extra or {}), "recipe": recipe.to_dict(), "rounds": res.rounds,
