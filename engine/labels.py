@@ -46,13 +46,35 @@ def _task_list(tasks) -> list[dict]:
     out = []
     for t in tasks:
         get = t.get if isinstance(t, dict) else (lambda k, d=None, t=t: getattr(t, k, d))
-        out.append({"name": str(get("name")), "num_classes": int(get("num_classes", 0))})
+        out.append({"name": str(get("name")), "num_classes": int(get("num_classes", 0)),
+                    "class_names": [str(c) for c in (get("class_names") or [])]})
     return out
 
 
-def _integer_labels(arr: np.ndarray, where) -> np.ndarray:
+def _named_labels(arr: np.ndarray, specs: list[dict], where) -> np.ndarray:
+    """Object / string labels: class names, integers (or integer strings), ``-1`` / ``None`` / ``""``."""
+    out = np.empty(arr.shape, dtype=np.int64)
+    for (i, k), v in np.ndenumerate(arr):
+        names = specs[k]["class_names"]
+        text = None if v is None else str(v).strip()
+        if text in (None, "", "-1"):
+            out[i, k] = -1
+        elif text in names:
+            out[i, k] = names.index(text)
+        else:
+            try:
+                out[i, k] = int(text)
+            except ValueError:
+                raise ValueError(f"labels{where(i)}, task {specs[k]['name']!r}: {text!r} is neither a class index "
+                                 f"nor a class name {names}") from None
+    return out
+
+
+def _integer_labels(arr: np.ndarray, specs: list[dict], where) -> np.ndarray:
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64)
+    if arr.dtype.kind in "OUS":
+        return _named_labels(arr, specs, where)
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
@@ -69,8 +91,8 @@ def validate_labels(labels, tasks, rows=None) -> np.ndarray:
     as class 9, -5 as "unprotected"); call this before ``session.run``.
 
     Args:
-        labels: int [N, K] (or [K] for one image): per task a class index in ``0..C-1`` or ``-1``
-            (task unprotected).
+        labels: [N, K] (or [K] for one image): per task a class index in ``0..C-1`` or ``-1`` (task
+            unprotected); an object / string array may also hold class names and ``None`` / ``""`` (= -1).
         tasks: the generator's tasks in label order: ``GeneratorFacts``, a list of task dicts /
             ``TaskSpec`` (``name``, ``num_classes``), an onnxruntime ``custom_metadata_map``
             (``session.get_modelmeta().custom_metadata_map``) or the path of an exported ``.onnx``.
@@ -93,7 +115,7 @@ def validate_labels(labels, tasks, rows=None) -> np.ndarray:
     def where(i):
         return f" row {i} ({rows[i]})" if rows is not None else f" row {i}"
 
-    arr = _integer_labels(arr, where)
+    arr = _integer_labels(arr, specs, where)
     sizes = np.asarray([t["num_classes"] for t in specs], dtype=np.int64)
     bad = (arr < -1) | (arr >= sizes)
     if bad.any():

@@ -161,6 +161,9 @@ def test_validate_labels_catches_what_the_onnx_graph_clamps():
     with pytest.raises(ValueError, match="not an integer class index"):
         validate_labels(np.array([[1.5, 0, 0]]), meta)
     assert validate_labels([3, 1, 0], meta).tolist() == [[3, 1, 0]]  # one image
+    assert validate_labels([["20-29", "female", None], ["3", "male", "-1"]], meta).tolist() == [[3, 1, -1], [3, 0, -1]]
+    with pytest.raises(ValueError, match=r"row 0, task 'gender': 'robot' is neither a class index nor a class name"):
+        validate_labels([["20-29", "robot", -1]], meta)
 
 
 # --- output directory ------------------------------------------------------------------------------------
