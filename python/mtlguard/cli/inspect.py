@@ -43,7 +43,8 @@ def _from_checkpoint(path: Path) -> dict:
     return {"file": str(weights), "format": "checkpoint (safetensors + json)", "tasks": tasks, "eps": cfg.get("eps"),
             "image_size": cfg.get("image_size"), "in_channels": cfg.get("in_channels"),
             "delta": {k: cfg[k] for k in DELTA_OPTIONS if k in cfg}, "fit": extra,
-            "version": extra.get("mtlguard_version") or f"not recorded (installed: {__version__})"}
+            "version": (cfg.get("mtlguard_version") or cfg.get("version") or extra.get("mtlguard_version")
+                        or f"not recorded (installed: {__version__})")}
 
 
 def _from_facts(facts, path: Path, kind: str) -> dict:
