@@ -73,8 +73,8 @@ def _output(p: argparse.ArgumentParser) -> None:
                    help="copy EXIF (artist, copyright, camera, ...; the orientation is applied and dropped) and the "
                         "ICC profile into the output; by default both are dropped")
     p.add_argument("--no-metrics", action="store_true",
-                   help="skip the PSNR / SSIM of each written image versus its original (report['quality']; about 2 ms "
-                        "per 200x200 image)")
+                   help="skip the PSNR / SSIM of each written image versus its original (report['quality']; measured "
+                        "1.4 ms per 200x200 image, +15% engine CPU)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing files in --output that no earlier run of this job wrote (otherwise refused)")
 
