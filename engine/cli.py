@@ -74,7 +74,7 @@ def _output(p: argparse.ArgumentParser) -> None:
                         "ICC profile into the output; by default both are dropped")
     p.add_argument("--no-metrics", action="store_true",
                    help="skip the PSNR / SSIM of each written image versus its original (report['quality']; measured "
-                        "1.4 ms per 200x200 image, +15% engine CPU)")
+                        "1.4 ms per 200x200 image, +15%% engine CPU)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing files in --output that no earlier run of this job wrote (otherwise refused)")
 
