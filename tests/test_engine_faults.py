@@ -163,7 +163,7 @@ def test_output_without_journal_line_is_regenerated(utkface_root, tmp_path):
     protect_directory(src, out, model=exported_onnx(), dataset="utkface", progress=False)
     target = out / Path(names[0]).with_suffix(".png")
     good = target.read_bytes()
-    target.write_bytes(b"not a finished output")  # e.g. a foreign file
+    target.write_bytes(b"not a finished output")  # renamed into place, done line lost (its started line remains)
     lines = (out / STATE_DIR / "journal.jsonl").read_text().splitlines()
     (out / STATE_DIR / "journal.jsonl").write_text("\n".join(l for l in lines if names[0] not in l) + "\n")
     rep = protect_directory(src, out, model=exported_onnx(), dataset="utkface", progress=False)
