@@ -134,3 +134,10 @@ def test_deploy_cli_end_to_end_and_resume(utkface_root, tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "victims").rglob("result.json")} == before
     with pytest.raises(SystemExit, match="other settings"):
         main([a if a != "2" else "3" for a in argv])
+
+
+def test_cli_default_victims_equal_the_protocol_default():
+    from mtlguard.cli.options import DEPLOY_VICTIMS
+    from mtlguard.unlearnable.deploy import DEFAULT_VICTIMS
+
+    assert DEPLOY_VICTIMS == DEFAULT_VICTIMS

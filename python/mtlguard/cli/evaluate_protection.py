@@ -28,12 +28,11 @@ import json
 
 
 def add_parser(subparsers) -> None:
-    from ..unlearnable.cli_common import add_data_args, add_delta_units_arg, add_robust_fit_args
-    from ..unlearnable.deploy import DEFAULT_VICTIMS
+    from .options import DEPLOY_VICTIMS, add_dataset_args, add_delta_units_arg, add_robust_fit_args
 
     p = subparsers.add_parser("evaluate-protection", help="train victims on protected data and report (Table 2 shape)",
                               description=__doc__.split("\n\n")[0])
-    add_data_args(p)
+    add_dataset_args(p)
     p.add_argument("--protocol", choices=["memory", "deploy"], default="memory",
                    help="memory: in-memory Table 2 protocol; deploy: engine-written files, victim zoo, defenses, PR "
                         "(default: %(default)s)")
@@ -75,7 +74,7 @@ def add_parser(subparsers) -> None:
     g = p.add_argument_group("deploy protocol")
     g.add_argument("--generator", action="append", default=[], metavar="GEN",
                    help="evaluate this generator file (.onnx or .safetensors) as a row; repeatable")
-    g.add_argument("--victims", default=",".join(DEFAULT_VICTIMS),
+    g.add_argument("--victims", default=",".join(DEPLOY_VICTIMS),
                    help="comma list of ARCH@SIZE[:WEIGHTING][xSEEDS] (default: %(default)s)")
     g.add_argument("--defense-victim", default="resnet18@32", help="victim trained behind every defense "
                    "(default: %(default)s)")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    from ..unlearnable.cli_common import add_data_args, add_delta_units_arg, add_robust_fit_args
+    from .options import add_dataset_args, add_delta_units_arg, add_robust_fit_args
 
     p = subparsers.add_parser("fit", help="fit an MTL-UE generator (EM / TAP / SEP base loss) and save it",
                               description=__doc__.split("\n\n")[0])
-    add_data_args(p)
+    add_dataset_args(p)
     p.add_argument("--base", choices=["em", "tap", "sep"], default="em", help="base UE loss (default: %(default)s)")
     p.add_argument("--eps", type=float, default=8.0, help="L-inf bound in 1/255 units (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=60, help="generator rounds R (EM: max rounds) (default: %(default)s)")

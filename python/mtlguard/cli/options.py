@@ -128,3 +128,43 @@ def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Make ``parser`` (a subcommand's, built elsewhere) print every default in ``--help``."""
     parser.formatter_class = DefaultsFormatter
     return parser
+
+
+#: the deployment protocol's default victim zoo (= mtlguard.unlearnable.deploy.DEFAULT_VICTIMS; a test keeps them equal)
+DEPLOY_VICTIMS = ("resnet18@32x3", "resnet18@64x3", "vgg11@32", "vgg11@64", "mobilenet_v3_small@32",
+                  "mobilenet_v3_small@64", "resnet18@32:uw", "resnet18@32:stl")
+
+
+def add_delta_units_arg(p: argparse.ArgumentParser, flag: str) -> None:
+    """``flag`` (``--delta-units`` / ``--gen-delta-units``): :class:`MTLUEGenerator`'s ``delta_units``."""
+    p.add_argument(flag, choices=["raw", "eps"], default="eps",
+                   help="generator output read in units of eps (eps) or as delta (raw, Alg. 1 as written); "
+                        "raw clips ~98%% of pixels at init and its MTL-UE-EM did not protect (default: %(default)s)")
+
+
+def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
+    """Robust-fitting options (see :mod:`mtlguard.unlearnable.fitting`'s module notes)."""
+    p.add_argument("--gen-size", type=int, default=None,
+                   help="generator input side; smaller than --image-size = fit at the images' own size through the "
+                        "engine's recipe (default: --image-size)")
+    p.add_argument("--delta-channels", choices=["all", "luma"], default="all",
+                   help="one perturbation plane per channel, or one luma plane for all (default: %(default)s)")
+    p.add_argument("--eot", choices=["none", "victim"], default="none",
+                   help="victim: L_b over random victim pipelines (uint8, grayscale/JPEG/blur/BDR, random-resized-crop "
+                        "to --eot-sizes, flip) (default: %(default)s)")
+    p.add_argument("--eot-sizes", default="32,40,48,56,64",
+                   help="victim input sides drawn by --eot victim (default: %(default)s)")
+    p.add_argument("--eot-defenses", type=float, default=1.0,
+                   help="scale of the grayscale/JPEG/blur/BDR probabilities (0 = crops only) (default: %(default)s)")
+    p.add_argument("--adv-eps", type=float, default=0.0,
+                   help="REM-style adversarial views: L-inf radius in 1/255 units (0 = off) (default: %(default)s)")
+    p.add_argument("--adv-steps", type=int, default=0,
+                   help="PGD steps of the adversarial views (default: %(default)s)")
+    p.add_argument("--joint", action="store_true",
+                   help="EM: surrogates step on every generator batch (joint EM; see mtlguard.unlearnable.fitting)")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none",
+                   help="bf16: autocast the fit's convolutions to bfloat16 (faster on CPUs with AVX512-BF16 and on "
+                        "GPUs) (default: %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC tensors in the fit (faster on CPU)")
+    p.add_argument("--reinit-every", type=int, default=0,
+                   help="EM: re-initialize the surrogates every N rounds (0 = never) (default: %(default)s)")

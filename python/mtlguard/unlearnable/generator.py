@@ -369,7 +369,10 @@ class MTLUEGenerator(nn.Module):
         path = _weights_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        from .._version import __version__
+
         cfg = self.config()
+        cfg["mtlguard_version"] = __version__
         if extra:
             cfg["extra"] = dict(extra)
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "mtlguard.MTLUEGenerator"}))
