@@ -37,6 +37,10 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         self.facts = read_onnx_facts(path)
+        if self.facts.io not in ("float32_nchw", "uint8_nhwc"):
+            raise ValueError(f"{path}: this ONNX file is the {self.facts.io!r} variant (mtlguard export --any-size, one "
+                             "image per call, for services); mtlguard-engine needs a batch export (mtlguard export "
+                             "without --any-size)")
         available = ort.get_available_providers()
         if device == "cuda":
             providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]

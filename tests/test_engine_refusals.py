@@ -292,3 +292,20 @@ def test_exclude_split_needs_an_existing_split(photos, tmp_path, capsys):
     rc, _, err = _cli(capsys, *args, "--no-labels", "--exclude-split", "test")
     _refused(rc, err, "needs --labels")
     assert not (tmp_path / "o").exists()
+
+
+def test_any_size_onnx_is_refused_up_front(photos, tmp_path, capsys):
+    """The any-size variant (one image per call, for services) is not a batch model: one line, exit 2, nothing written."""
+    import torch
+
+    from mtlguard.data.utkface import UTKFACE_TASKS
+    from mtlguard.export import export_onnx
+    from mtlguard.unlearnable import MTLUEGenerator
+
+    src, _, _ = photos
+    torch.manual_seed(0)
+    any_onnx = export_onnx(MTLUEGenerator(UTKFACE_TASKS, image_size=16).eval(), tmp_path / "any.onnx", any_size=True)
+    before = tree_digest(src)
+    rc, _, err = _cli(capsys, "--model", any_onnx, "--input", src, "--output", tmp_path / "out", "--no-labels")
+    _refused(rc, err, "any.onnx", "--any-size")
+    assert tree_digest(src) == before and not any((tmp_path / "out").glob("**/*.png"))
