@@ -84,8 +84,8 @@ def test_pretrained_never_downloads_and_local_weights_load(tmp_path):
     torch.save(ref.state_dict(), path)
     m = build_model([TaskSpec("c", "multiclass", 2)], "resnet18", pretrained=True, weights_path=path)
     torch.testing.assert_close(m.backbone.layer3[0].conv1.weight, ref.layer3[0].conv1.weight)
-    assert set(ARCHS) == {"resnet18", "resnet50", "vgg11", "vgg16", "densenet121", "mobilenet_v3_small", "vit_b_16",
-                          "small_cnn"}
+    assert set(ARCHS) == {"resnet18", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "vgg11", "vgg16",
+                          "densenet121", "mobilenet_v3_small", "vit_b_16", "small_cnn"}
 
 
 def test_save_and_load_model_roundtrip(tmp_path):

@@ -32,10 +32,18 @@ def add_parser(subparsers) -> None:
                         "a protected copy); default: --root")
     p.add_argument("--tasks", default=None, help="comma-separated task subset (default: all; one task = STL)")
     p.add_argument("--arch", default="resnet18",
-                   help="resnet18, resnet50, vgg16, densenet121, vit_b_16, small_cnn (default: %(default)s)")
+                   help="resnet18, resnet50, resnet101, resnet152, wide_resnet50_2, vgg11, vgg16, densenet121, "
+                        "mobilenet_v3_small, vit_b_16, small_cnn (default: %(default)s)")
+    p.add_argument("--mtl", default="hps",
+                   help="multi-task architecture: hps, mtan, cross_stitch, or branched:<group>@<k>[,<group>@<k>...] "
+                        "(a group = task names joined by '+', k 0-4 = the last backbone block it shares; "
+                        "e.g. branched:age+gender@3,race@1) (default: %(default)s)")
     p.add_argument("--stem", default="imagenet", choices=["imagenet", "cifar"], help="ResNet stem (default: %(default)s)")
     p.add_argument("--weighting", default="ls", help="ls, uw, rlw, aligned_mtl, fairgrad, pcgrad (default: %(default)s)")
     p.add_argument("--fairgrad-alpha", type=float, default=2.0, help="FairGrad's alpha")
+    p.add_argument("--task-weights", default=None,
+                   help="static task weights for --weighting ls, e.g. age=2,gender=1,race=1 (tasks left out weigh 1; "
+                        "normalized to sum 1) (default: uniform)")
     p.add_argument("--epochs", type=int, default=60, help="training epochs")
     p.add_argument("--image-size", type=int, default=64, help="image side the victim sees (images are resized)")
     p.add_argument("--subset", type=int, default=None, help="use N training images (stratified when the loader supports it)")
@@ -115,6 +123,21 @@ def run(args) -> int:
 
     check_data(args.data)
     check_arch(args.arch)
+    from ..models import canonical_mtl
+    from ..weighting.ls import parse_task_weights
+
+    try:
+        mtl = canonical_mtl(args.mtl)
+    except ValueError as e:
+        raise SystemExit(f"--mtl: {e}") from None
+    task_weights = None
+    if args.task_weights:
+        if args.weighting.lower() not in ("ls", "ew", "equal"):
+            raise SystemExit(f"--task-weights: only for --weighting ls (got --weighting {args.weighting})")
+        try:
+            task_weights = parse_task_weights(args.task_weights)
+        except ValueError as e:
+            raise SystemExit(f"--task-weights: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -127,8 +150,17 @@ def run(args) -> int:
         raise SystemExit(f"--tasks: {exc.args[0]}") from exc
     channels = int(train_set[0][0].shape[0])
     torch.manual_seed(args.seed)
-    model = build_model(tasks, args.arch, in_channels=channels, image_size=args.image_size, stem=args.stem)
+    try:
+        model = build_model(tasks, args.arch, in_channels=channels, image_size=args.image_size, stem=args.stem,
+                            mtl=mtl)
+    except ValueError as e:
+        raise SystemExit(f"--mtl {args.mtl}: {e}") from None
     wkw = {"alpha": args.fairgrad_alpha} if args.weighting.lower() == "fairgrad" else {}
+    if task_weights is not None:
+        unknown = [k for k in task_weights if k not in [t.name for t in tasks]]
+        if unknown:
+            raise SystemExit(f"--task-weights: unknown task(s) {unknown}; the tasks are {[t.name for t in tasks]}")
+        wkw = {"task_weights": task_weights}
     trainer = Trainer(model, tasks, train_set, test_set, weighting=args.weighting, weighting_kwargs=wkw,
                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, schedule=args.schedule,
                       augment=not args.no_augment, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
@@ -140,7 +172,7 @@ def run(args) -> int:
     result = {
         "command": "mtlguard " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None,
         "data": args.data, "root": args.root, "test_root": args.test_root, "tasks": [t.name for t in tasks], "arch": args.arch, "stem": args.stem,
-        "weighting": args.weighting, "image_size": args.image_size, "epochs": args.epochs, "seed": args.seed,
+        "mtl": mtl, "task_weights": task_weights, "weighting": args.weighting, "image_size": args.image_size, "epochs": args.epochs, "seed": args.seed,
         "device": args.device, "threads": torch.get_num_threads(), "batch_size": args.batch_size, "lr": args.lr,
         "train_size": len(train_set), "test_size": len(test_set), "subset": args.subset,
         "test_subset": args.test_subset, "data_load_s": round(load_s, 1),

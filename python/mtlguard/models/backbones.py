@@ -8,7 +8,8 @@ Every backbone maps an image batch (already normalized) to a :class:`BackboneOut
 
 Adaptation to small inputs (MTL-UE Sec. 5.1 lists ResNet-18/50, VGG-16, DenseNet-121, ViT-B):
 
-* ResNets keep the standard 7x7/2 + maxpool stem by default (``stem="imagenet"``).  Cost of a 3-task
+* ResNet-18/50/101/152 and WRN-50-2 (``wide_resnet50_2``; MTL-UE Table 13 lists ResNet-101/152 and
+  WideResNet-50 as victim backbones) share one class; all keep the standard 7x7/2 + maxpool stem by default (``stem="imagenet"``).  Cost of a 3-task
   ResNet-18 forward pass (torch.utils.flop_counter): 0.074 GFLOP/img at 32x32 and 0.296 at 64x64 with
   this stem, versus 1.111 and 4.443 GFLOP/img (15x) with a CIFAR-style 3x3/1 stem without maxpool.
   Measured training throughput on the shared 2-core CPU (heavily loaded by other jobs, load 7-15):
@@ -25,6 +26,18 @@ Adaptation to small inputs (MTL-UE Sec. 5.1 lists ResNet-18/50, VGG-16, DenseNet
 fast tests and smoke runs on the CPU.
 
 Pretrained weights are never downloaded: ``weights_path`` must point to a local state-dict file.
+
+**Stages** (used by the MTL architectures beyond HPS in :mod:`mtlguard.models.mtl_archs`): every
+convolutional backbone splits into four sequential blocks, :meth:`Backbone.stages`, that together compute
+the same map as the backbone (views on its own modules, so state dicts are unchanged):
+
+* ResNets / WRN: ``[stem + layer1, layer2, layer3, layer4]``;
+* VGG: split after the 2nd, 3rd and 4th max-pool;  DenseNet-121: ``[stem, block1 + transition1,
+  block2 + transition2, the rest]``;  MobileNetV3-small: after features 1, 3 and 8;
+* ``small_cnn``: its four conv-BN-ReLU layers.
+
+``low_stage`` is the index of the stage whose output is the stride-4 ``low`` map of dense heads.  ViT has
+no stages (its tokens are not feature maps): MTAN / Cross-stitch / branched models need a CNN backbone.
 """
 from __future__ import annotations
 
@@ -35,7 +48,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-ARCHS = ("resnet18", "resnet50", "vgg11", "vgg16", "densenet121", "mobilenet_v3_small", "vit_b_16", "small_cnn")
+ARCHS = ("resnet18", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "vgg11", "vgg16", "densenet121",
+         "mobilenet_v3_small", "vit_b_16", "small_cnn")
+_RESNETS = ("resnet18", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
 _VGG_CFG = {"vgg11": "A", "vgg16": "D"}
 
 
@@ -51,9 +66,18 @@ class Backbone(nn.Module):
     out_dim: int
     low_channels: int
     high_channels: int
+    #: index (0-3) of the stage whose output is the stride-4 ``low`` map
+    low_stage: int = 0
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def stages(self) -> list[nn.Module]:
+        """Four blocks applied in sequence to the normalized image; their composition is the backbone's
+        last feature map (``maps[-1]``) and output ``low_stage`` is ``maps[0]``."""
+        raise ValueError(f"{type(self).__name__} has no convolutional stages: MTAN / Cross-stitch / branched "
+                         "models need a CNN backbone (resnet*, wide_resnet50_2, vgg*, densenet121, "
+                         "mobilenet_v3_small, small_cnn)")
 
 
 def _load_local_weights(module: nn.Module, arch: str, weights_path: str | Path | None, pretrained: bool) -> None:
@@ -110,6 +134,9 @@ class ResNetBackbone(Backbone):
         high = self.layer4(self.layer3(self.layer2(low)))
         return BackboneOutput(high.mean((2, 3)), [low, high])
 
+    def stages(self):
+        return [nn.Sequential(self.stem, self.layer1), self.layer2, self.layer3, self.layer4]
+
 
 class VGGBackbone(Backbone):
     def __init__(self, in_channels: int, pretrained: bool, weights_path, arch: str = "vgg16") -> None:
@@ -136,6 +163,10 @@ class VGGBackbone(Backbone):
         high = self.high(low)
         return BackboneOutput(high.mean((2, 3)), [low, high])
 
+    def stages(self):
+        q = [i for i, m in enumerate(self.high) if isinstance(m, nn.MaxPool2d)]  # 3rd, 4th (and 5th) pools
+        return [self.low, self.high[:q[0] + 1], self.high[q[0] + 1:q[1] + 1], self.high[q[1] + 1:]]
+
 
 class DenseNetBackbone(Backbone):
     def __init__(self, in_channels: int, pretrained: bool, weights_path) -> None:
@@ -153,6 +184,9 @@ class DenseNetBackbone(Backbone):
         low = self.low(x)
         high = self.high(low)
         return BackboneOutput(high.mean((2, 3)), [low, high])
+
+    def stages(self):
+        return [self.low, self.high[0:2], self.high[2:4], self.high[4:]]
 
 
 class ViTBackbone(Backbone):
@@ -200,6 +234,9 @@ class MobileNetV3Backbone(Backbone):
         high = self.high(low)
         return BackboneOutput(high.mean((2, 3)), [low, high])
 
+    def stages(self):  # features[2:4] (24 ch, stride 8), [4:9] (48 ch, stride 16), [9:] (576 ch, stride 32)
+        return [self.low, self.high[0:2], self.high[2:7], self.high[7:]]
+
 
 def _cbr(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -213,18 +250,22 @@ class SmallCNNBackbone(Backbone):
         self.low = nn.Sequential(_cbr(in_channels, 16, 1), _cbr(16, 32, 2), _cbr(32, 32, 2))
         self.high = _cbr(32, 64, 2)
         self.low_channels, self.high_channels, self.out_dim = 32, 64, 64
+        self.low_stage = 2
 
     def forward(self, x):
         low = self.low(x)
         high = self.high(low)
         return BackboneOutput(high.mean((2, 3)), [low, high])
 
+    def stages(self):
+        return [self.low[0], self.low[1], self.low[2], self.high]
+
 
 def build_backbone(arch: str, in_channels: int = 3, image_size: int = 64, stem: str = "imagenet",
                    pretrained: bool = False, weights_path: str | Path | None = None,
                    patch_size: int | None = None) -> Backbone:
     """A :class:`Backbone` for ``arch`` in :data:`ARCHS` (see the module docstring for adaptations)."""
-    if arch in ("resnet18", "resnet50"):
+    if arch in _RESNETS:
         return ResNetBackbone(arch, in_channels, stem, pretrained, weights_path)
     if arch in _VGG_CFG:
         return VGGBackbone(in_channels, pretrained, weights_path, arch)

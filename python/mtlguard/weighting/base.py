@@ -78,9 +78,14 @@ class GradientWeighting(Weighting):
 
     def backward(self, losses, shared_params: Sequence[torch.Tensor], scale: float = 1.0) -> dict[str, float]:
         names = _check_losses(losses, self.task_names)
+        if shared_params is None:
+            raise ValueError(f"{self.name}: gradient-based weighting needs the model's shared parameters")
         params = [p for p in shared_params if p.requires_grad]
         if not params:
-            raise ValueError(f"{self.name}: gradient-based weighting needs the model's shared parameters")
+            # nothing is shared (e.g. a branched model with every task on its own branch): no parameter gets
+            # two tasks' gradients, so there is nothing to combine -- each task trains its own parameters
+            (sum(losses[n] for n in names) * scale).backward()
+            return {n: 1.0 for n in names}
         for p in params:  # shared grads are rebuilt below; heads accumulate their own loss's gradient
             p.grad = None
         rows = []
