@@ -14,7 +14,7 @@ from mtlguard.attacks import APGD, FGSM, MIM, PGD, Aggregation, apgd_checkpoints
 from mtlguard.data.tasks import TaskSpec
 
 TASKS = (TaskSpec("age", "multiclass", 5), TaskSpec("gender", "binary"), TaskSpec("depth", "depth"))
-AGGS = ("total", "signtotal", "gbmta", "wgd", "wgd_initial")
+AGGS = ("total", "signtotal", "gbmta", "wgd", "wgd_literal", "wgd_initial", "wgd_official")
 
 
 class TinyMTL(nn.Module):
@@ -114,11 +114,16 @@ def test_wgd_weights_follow_def5_and_wgd_initial_uses_inverse_initial_loss():
     tasks = [TaskSpec("a", "regression"), TaskSpec("b", "regression")]
     l0 = torch.tensor([[1.0, 2.0], [4.0, 1.0]])  # [T, B]
     lt = torch.tensor([[3.0, 2.0], [4.0, 4.0]])
-    agg = Aggregation.parse("wgd", tasks)
+    rate = lt / l0  # Lt_i(t) = L_i(t) / L_i(0)
+    r = rate / rate.mean(0, keepdim=True)  # Def. 5's relative inverse attack rate
+    lit = Aggregation.parse("wgd_literal", tasks)
+    lit.begin(l0)
+    torch.testing.assert_close(lit.op_weights(lt)[1], r)
+    agg = Aggregation.parse("wgd", tasks)  # as meant: more weight to the task whose loss grew least
     agg.begin(l0)
     _, w = agg.op_weights(lt)
-    rate = lt / l0  # Lt_i(t) = L_i(t) / L_i(0)
-    torch.testing.assert_close(w, rate / rate.mean(0, keepdim=True))
+    torch.testing.assert_close(w, 1.0 / r)
+    assert float(w[1, 0]) > float(w[0, 0])  # sample 0: a tripled, b unchanged -> b weighs more
     agg0 = Aggregation.parse("wgd_initial", tasks)
     agg0.begin(l0)
     torch.testing.assert_close(agg0.op_weights(lt)[1], 1.0 / l0)

@@ -114,7 +114,9 @@ def test_arp_eq10_delta_and_transferability_eq11():
 
 
 def test_relative_task_vulnerability():
-    assert relative_task_vulnerability(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0])) == pytest.approx(0.25)
+    assert relative_task_vulnerability(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0]),
+                                       reduction="per_sample") == pytest.approx(0.25)
+    assert relative_task_vulnerability(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0])) == pytest.approx(0.5 / 3)
     with pytest.raises(ValueError, match="shape"):
         relative_task_vulnerability(torch.ones(2), torch.ones(3))
 

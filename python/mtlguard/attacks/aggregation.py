@@ -10,25 +10,39 @@ name           direction (per sample)                                       pape
 ``total``      sign(sum_i g_i)                                              GB-MTA "TOTAL", Eq. 4
 ``signtotal``  sign(sum_i sign(g_i))                                        GB-MTA "SIGNTOTAL"
 ``gbmta``      sign(sum_i g_i / L_i(x_t))                                   GB-MTA Eq. 8-9
-``wgd``        sign(sum_i r_i(t) g_i), r_i(t) = Lt_i(t) / mean_j Lt_j(t),   Ghamizi et al. Def. 5
-               Lt_i(t) = L_i(x_t) / L_i(x_0)
-``wgd_initial`` sign(sum_i g_i / L_i(x_0))  (the official WGD code's          Ghamizi et al. code
-               inverse-initial-loss weighting)
+``wgd``        sign(sum_i g_i / r_i(t)), r_i(t) = Lt_i(t) / mean_j Lt_j(t),  Ghamizi et al. Def. 5, as
+               Lt_i(t) = L_i(x_t) / L_i(x_0)                                 meant (see below)
+``wgd_literal`` sign(sum_i r_i(t) g_i)  (Def. 5 read literally)               Ghamizi et al. Def. 5
+``wgd_initial`` sign(sum_i g_i / L_i(x_0))  (GB-MTA's weights frozen at x_0)   --
+``wgd_official`` step 0: sign(sum_i g_i); later: sign(sum_i g_i / Lbar_i),    taskaugment RELATIVE_WEIGHT
+               Lbar_i = batch-mean loss at the first iterate (random start)
 ``weighted``   sign(sum_i w_i g_i), explicit ``weights``                    --
 ============== ============================================================ ==========================
 
 ``L_i`` are **per-sample** losses (``task_loss(..., reduction="none")``), so every weight is per
 sample, as in Eq. 9 where each sample's gradient is divided by its own loss.
 
-*WGD, exactly what is implemented.* Def. 5 defines the inverse task attack rate
-``Lt_i(t) = L_i(t) / L_i(0)`` and the relative inverse attack rate ``r_i(t) = Lt_i(t) / E_i[Lt_i(t)]``
-(expectation over the attacked tasks), and WGD weights each task gradient by ``r_i(t)``.  ``wgd``
-computes ``r_i(t)`` per sample at every step from the current and the clean (``x_0`` = the unperturbed
-input, before any random start) losses; at the first step all ``r_i = 1`` (WGD starts as TOTAL).
-The official code instead divides each task gradient by its *initial* loss ``L_i(0)`` (constant over
-the attack); that variant is ``wgd_initial``.  The two differ: ``wgd`` weights tasks by how much their
-loss has *grown* (relative to the mean growth), ``wgd_initial`` only rescales tasks by their clean loss
-(GB-MTA's weighting frozen at step 0).
+*WGD: which way Def. 5 points.*  Def. 5 defines the inverse task attack rate ``Lt_i(t) = L_i(t) / L_i(0)``
+and the relative inverse attack rate ``r_i(t) = Lt_i(t) / E_j[Lt_j(t)]``, and says WGD weights each task
+gradient "by the relative inverse task attack rate".  Read literally (``wgd_literal``: weight ``r_i``), a
+task whose loss has already grown most gets the *largest* weight, so the attack piles onto the task it is
+already winning.  The paper means the opposite, for three reasons in its own text: (1) the attack is
+introduced "to guarantee that the attack affects all targeted tasks -- including those that have a smaller
+contribution to the joint loss"; (2) Def. 5 is borrowed from GradNorm's inverse training rate, where a task
+whose ratio shows it is *lagging* gets more weight; (3) the definition says "smaller Lt_i implies that task i
+is faster to perturb", i.e. the weight ``r_i`` was written for the GradNorm orientation (ratios shrink with
+progress) -- under an attack ratios grow with progress, and keeping the intent (more weight to the task that
+progressed least) inverts the weight.  So ``wgd`` weights by ``1 / r_i(t) = E_j[Lt_j(t)] / Lt_i(t)``
+(per sample, at every step; all weights are 1 at the first step from ``x_0``, where WGD equals TOTAL) and
+``wgd_literal`` keeps the literal form.  ``L_i(0)`` is the loss at the unperturbed input ``x_0``.
+
+*The authors' code* (``yamizi/taskaugment``, ``PGD_attack_mtask`` with ``strategy="RELATIVE_WEIGHT"``) is
+neither: at its first iteration it records each task's **batch-mean** loss ``Lbar_i`` at the current
+iterate (the random start, when there is one) and steps along the plain sum of the task losses; every later
+iteration steps along ``sum_i L_i / Lbar_i``, i.e. the per-sample direction ``sign(sum_i g_i / Lbar_i)`` with
+one constant weight per task for the whole batch.  That is ``wgd_official`` (the base losses are recorded by
+the first direction computed after :meth:`Aggregation.begin`).  ``wgd_initial`` is a per-sample relative of
+it: GB-MTA's ``1 / L_i`` weights frozen at the clean point ``x_0``.
 
 Linf attacks take the int8 sign from the fused :func:`mtlguard.ops.balanced_sign`.  L2 attacks and
 momentum (MIM) need the un-signed aggregate, :meth:`Aggregation.vector` (same weights, from
@@ -45,9 +59,9 @@ from .. import ops
 from ..data.tasks import TaskSpec
 from ..ops.reference import LOSS_FLOOR, task_weights
 
-AGGREGATIONS = ("total", "signtotal", "gbmta", "wgd", "wgd_initial", "weighted")
+AGGREGATIONS = ("total", "signtotal", "gbmta", "wgd", "wgd_literal", "wgd_initial", "wgd_official", "weighted")
 #: aggregations whose objective is GB-MTA's relative loss sum_i (L_i(x') - L_i(x)) / L_i(x)
-RELATIVE_OBJECTIVE = ("gbmta", "wgd", "wgd_initial")
+RELATIVE_OBJECTIVE = ("gbmta", "wgd", "wgd_literal", "wgd_initial", "wgd_official")
 
 
 @dataclass
@@ -62,6 +76,8 @@ class Aggregation:
     tasks: tuple[TaskSpec, ...]
     weights: torch.Tensor | None = None
     clean_losses: torch.Tensor | None = field(default=None, repr=False)
+    #: ``wgd_official``: batch-mean losses [T] recorded at the first direction of the call
+    official_base: torch.Tensor | None = field(default=None, repr=False)
 
     @classmethod
     def parse(
@@ -123,6 +139,7 @@ class Aggregation:
     def begin(self, clean_losses: torch.Tensor) -> None:
         """Start an attack call: remember the clean per-sample losses ``L_i(x_0)`` [T, B]."""
         self.clean_losses = clean_losses.detach()
+        self.official_base = None
 
     def op_weights(self, losses: torch.Tensor) -> tuple[str, torch.Tensor | None]:
         """``(balanced_sign mode, weights [T, B] or None)`` for the current losses [T, B]."""
@@ -132,15 +149,25 @@ class Aggregation:
             return self.mode, None
         if self.mode == "weighted":
             return "weighted", self.weights.to(losses.device, losses.dtype)[:, None].expand_as(losses)
+        if self.mode == "wgd_official":  # taskaugment RELATIVE_WEIGHT
+            if self.official_base is None:  # first iteration: record batch-mean losses, plain-sum step
+                finite = torch.where(torch.isfinite(losses), losses, torch.zeros_like(losses))
+                self.official_base = finite.mean(1).detach()
+                return "total", None
+            base = self.official_base.to(losses.device, losses.dtype)
+            return "weighted", _safe_inverse(base)[:, None].expand_as(losses)
         l0 = self._clean(losses)
         if self.mode == "wgd_initial":
             return "weighted", _safe_inverse(l0)
-        if self.mode == "wgd":  # Def. 5: r_i(t) = Lt_i(t) / mean_j Lt_j(t), Lt_i(t) = L_i(t) / L_i(0)
-            rate = losses.clamp_min(LOSS_FLOOR) * _safe_inverse(l0)
-            rate = torch.where(torch.isfinite(rate), rate, torch.zeros_like(rate))
-            mean = rate.mean(0, keepdim=True)
-            r = torch.where(mean > 0, rate / mean.clamp_min(1e-30), torch.ones_like(rate))
-            return "weighted", r
+        # Def. 5: r_i(t) = Lt_i(t) / mean_j Lt_j(t), Lt_i(t) = L_i(t) / L_i(0)
+        rate = losses.clamp_min(LOSS_FLOOR) * _safe_inverse(l0)
+        rate = torch.where(torch.isfinite(rate), rate, torch.zeros_like(rate))
+        mean = rate.mean(0, keepdim=True)
+        if self.mode == "wgd_literal":
+            return "weighted", torch.where(mean > 0, rate / mean.clamp_min(1e-30), torch.ones_like(rate))
+        if self.mode == "wgd":  # as meant: 1 / r_i(t) (more weight to the task whose loss grew least)
+            inv = torch.where(rate > 0, mean / rate.clamp_min(1e-30), torch.zeros_like(rate))
+            return "weighted", torch.where(mean > 0, inv, torch.ones_like(rate))
         raise AssertionError(self.mode)
 
     def sign(self, grads: Sequence[torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
@@ -163,7 +190,7 @@ class Aggregation:
     def objective(self, losses: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
         """Per-sample objective [B] the attack maximizes (used for best-point / restart selection).
 
-        * ``gbmta``/``wgd``/``wgd_initial``: GB-MTA's relative loss sum_i s (L_i(x') - L_i(x)) / L_i(x)
+        * ``gbmta`` and the ``wgd`` variants: GB-MTA's relative loss sum_i s (L_i(x') - L_i(x)) / L_i(x)
           (Alg. 3 lines 4 and 14);
         * ``total``/``signtotal``/``single``: s * sum_i L_i(x') (Alg. 2, the original APGD);
         * ``weighted``: s * sum_i w_i L_i(x').

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..data.tasks import TaskSpec
+from .aggregation import RELATIVE_OBJECTIVE
 from .base import _check_int, _check_scalar
 from .pgd import PGD
 
@@ -89,7 +90,7 @@ class EarlyStopPGD(PGD):
             xa, xs = x_adv[idx], x[idx]
             ya = {n: v[idx] for n, v in y.items()}
             losses, grads = self.losses_and_grads(xa, ya)
-            if self.aggregation.clean_losses is not None and self.aggregation.mode in ("wgd", "wgd_initial", "gbmta"):
+            if self.aggregation.clean_losses is not None and self.aggregation.mode in RELATIVE_OBJECTIVE:
                 full = self.aggregation.clean_losses
                 self.aggregation.clean_losses = full[:, idx]
                 d = self.direction(grads, losses)

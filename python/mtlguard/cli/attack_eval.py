@@ -7,7 +7,10 @@ Example::
         --image-size 64 --subset 256 --attacks pgd,apgd --aggregations single:*,total,signtotal,gbmta \\
         --eps 2,4,8 --steps 10 --out reports --prefix attacks_utkface
 
-Any dataset works (``--data folder --root DIR`` for your own folder dataset; its ``--split`` rows).  A
+``--attacks auto`` is the AutoAttack-style ensemble (APGD + targeted APGD + the black-box Square attack,
+per-image worst case) under each aggregation; ``square`` and ``autosage`` (Auto-SAGE: aggregation ``total``
+= Eq. 15, ``gbmta`` = GB-MTA-Auto-SAGE, Eq. 16) are attacks too, and ``--aggregations autosage,gbmta_autosage``
+adds the two Auto-SAGE rows whatever ``--attacks`` says.  Any dataset works (``--data folder --root DIR`` for your own folder dataset; its ``--split`` rows).  A
 victim near chance on a task is reported with a warning: its ARP cells are then noise (often negative).
 """
 from __future__ import annotations
@@ -42,12 +45,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", default="test", help="split (folder datasets: the rows of this 'split' value)")
     p.add_argument("--image-size", type=int, default=None, help="image side (default: the model's)")
     p.add_argument("--subset", type=int, default=256, help="number of test images (synthetic: scenes generated)")
-    p.add_argument("--attacks", default="pgd,apgd", help="comma list of fgsm,pgd,mim,apgd")
+    p.add_argument("--attacks", default="pgd,apgd",
+                   help="comma list of fgsm, pgd, mim, apgd, square (black box), autosage, auto (APGD + APGD-T + Square)")
     p.add_argument("--aggregations", default="single:*,total,signtotal,gbmta",
-                   help="comma list: single:* (every task), single:<task>, total, signtotal, gbmta, wgd, wgd_initial")
+                   help="comma list: single:* (every task), single:<task>, total, signtotal, gbmta, wgd, wgd_literal, "
+                        "wgd_initial, wgd_official, autosage, gbmta_autosage")
     p.add_argument("--eps", default="1,2,4,8,16", help="comma list of budgets in 1/255 units (linf) or raw (l2)")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model")
     p.add_argument("--steps", type=int, default=10, help="attack iterations")
+    p.add_argument("--queries", type=int, default=100, help="queries of the square attack (alone or in auto)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--max-batches", type=int, default=None, help="stop after N batches; default: all")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -165,7 +171,7 @@ def run(args) -> int:
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=False)
     res = run_attack_eval(model, tasks, loader, attacks=attacks, aggregations=_parse_list(args.aggregations, "aggregations"),
                           eps_list=eps, steps=args.steps, norm=args.norm, device=args.device, seed=args.seed,
-                          progress=not args.no_progress, max_batches=args.max_batches)
+                          progress=not args.no_progress, max_batches=args.max_batches, queries=args.queries)
     res["dataset"] = {"name": args.data, "root": args.root, "split": args.split, "image_size": size, "subset": args.subset}
     chance = near_chance(res, ds)
     for name, (acc, level) in chance.items():

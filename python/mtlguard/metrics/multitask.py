@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..data.tasks import HIGHER_IS_BETTER
+from .vulnerability import relative_task_vulnerability  # noqa: F401  (re-exported; defined with Def. 1 / Thm. 4)
 
 Metrics = Mapping[str, Mapping[str, float]]
 
@@ -76,22 +77,6 @@ def delta_acc(clean: Metrics, poisoned: Metrics, tasks: Sequence[str] | None = N
     return {"mean": sum(per.values()) / len(per), **per}
 
 
-def relative_task_vulnerability(clean_err: torch.Tensor, adv_err: torch.Tensor, eps: float = 1e-12) -> float:
-    """Ghamizi et al. (2022): ``v_i = E_k[(f_i(x_k + delta) - f_i(x_k)) / f_i(x_k)]``.
-
-    ``clean_err`` / ``adv_err`` are per-sample task errors ``f_i`` (e.g. per-sample loss from
-    ``task_loss(..., reduction="none")``, or 1 - IoU), shape ``[N]``.  ``eps`` guards a zero clean
-    error.  Lower = more robust.
-    """
-    c = torch.as_tensor(clean_err, dtype=torch.float64).reshape(-1)
-    a = torch.as_tensor(adv_err, dtype=torch.float64).reshape(-1)
-    if c.shape != a.shape:
-        raise ValueError(f"clean_err {tuple(c.shape)} and adv_err {tuple(a.shape)} differ in shape")
-    if c.numel() == 0:
-        raise ValueError("relative_task_vulnerability: no samples")
-    return float(((a - c) / c.clamp_min(eps)).mean())
-
-
 def attack_transferability(task_arps: Mapping[str, float], attacked: str) -> float:
     """GB-MTA Eq. 11: ``1/(n-1) sum_{Y != X} ARP-Y / ARP-X`` for the SINGLE-X attack on task ``X``.
 
@@ -106,3 +91,17 @@ def attack_transferability(task_arps: Mapping[str, float], attacked: str) -> flo
     if ax == 0:
         return math.nan
     return sum(float(task_arps[t]) / ax for t in tasks if t != attacked) / (len(tasks) - 1)
+
+
+def transferability_matrix(task_arps_by_attacked: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """GB-MTA Eq. 11 before averaging: ``M[X][Y] = ARP-Y / ARP-X`` for the SINGLE-X attack on task ``X``
+    (``task_arps_by_attacked[X]`` = that attack's per-task ARPs); ``M[X][X] = 1``, ``nan`` where ARP-X is 0.
+    The mean of row ``X`` off the diagonal is :func:`attack_transferability`."""
+    out: dict[str, dict[str, float]] = {}
+    for x, arps in task_arps_by_attacked.items():
+        tasks = [t for t in arps if t not in ("arp", "average")]
+        if x not in tasks:
+            raise KeyError(f"attacked task {x!r} not in {tasks}")
+        ax = float(arps[x])
+        out[x] = {y: (1.0 if y == x else (math.nan if ax == 0 else float(arps[y]) / ax)) for y in tasks}
+    return out
