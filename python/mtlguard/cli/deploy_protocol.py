@@ -7,6 +7,12 @@ import time
 from pathlib import Path
 
 
+#: the options a fitted row's generator depends on (recorded in the work folder, which refuses other values)
+FIT_OPTIONS = ("gen_size", "delta_channels", "eot", "eot_sizes", "eot_defenses", "adv_eps", "adv_steps", "joint",
+               "reinit_every", "gen_epochs", "gen_batch_size", "gen_train_steps", "gen_delta_units", "arch",
+               "surrogate_epochs", "surrogate_archs", "amp", "channels_last")
+
+
 def _split(s: str | None) -> list[str]:
     return [x.strip() for x in (s or "").split(",") if x.strip()]
 
@@ -30,6 +36,10 @@ def deploy_config(args):
         raise SystemExit(f"evaluate-protection: {e}") from None
 
 
+def _surrogate_archs(args) -> tuple[str, ...]:
+    return tuple(_split(args.surrogate_archs)) or (args.arch,)
+
+
 def fit_recipe_for(args, train_set, work: Path):
     """``method -> ONNX path``: fit ``mtl-ue-<base>`` with the robust-fitting options (cached), export it."""
     from ..unlearnable.cli_common import eot_config
@@ -43,10 +53,10 @@ def fit_recipe_for(args, train_set, work: Path):
             return onnx
         cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
                         train_steps=args.gen_train_steps, seed=args.seed, eot=eot_config(args),
-                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, joint=args.joint, reinit_every=args.reinit_every,
-                        amp=args.amp, channels_last=args.channels_last)
+                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, joint=args.joint,
+                        reinit_every=args.reinit_every, amp=args.amp, channels_last=args.channels_last)
         recipe = GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=args.eps / 255, delta_units=args.gen_delta_units,
-                                 delta_channels=args.delta_channels, surrogate_archs=(args.arch,),
+                                 delta_channels=args.delta_channels, surrogate_archs=_surrogate_archs(args),
                                  surrogate_epochs=args.surrogate_epochs, sep_checkpoints=args.sep_checkpoints)
         gen, _ = fit_recipe(recipe, train_set, out, device=args.device, progress=not args.no_progress)
         from mtlguard.export import export_onnx
@@ -106,10 +116,7 @@ def run_deploy(args) -> int:
     test_set = load_split(args, args.test_split, args.test_subset)
     fingerprint = {"recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed, "native_size": args.image_size,
                    "train": getattr(train_set, "_cache_name", None), "test": getattr(test_set, "_cache_name", None),
-                   "fit": {k: getattr(args, k) for k in ("gen_size", "delta_channels", "eot", "eot_sizes", "eot_defenses",
-                                                         "adv_eps", "adv_steps", "joint", "reinit_every", "gen_epochs", "gen_batch_size",
-                                                         "gen_train_steps", "gen_delta_units", "arch",
-                                                         "surrogate_epochs")}}
+                   "fit": {k: getattr(args, k) for k in FIT_OPTIONS}}
     _check_work(work, json.loads(json.dumps(fingerprint)))
     protocol = DeployProtocol(train_set, test_set, cfg, work, fit_options=fit_recipe_for(args, train_set, work),
                               in_memory=_in_memory_benchmark(args, cfg, work))

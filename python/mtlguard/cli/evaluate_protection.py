@@ -88,6 +88,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--max-jobs", type=int, default=None, help="stop after this many new victim runs (resume later)")
     g.add_argument("--time-budget", type=float, default=None, help="start no new victim run after this many minutes")
     add_robust_fit_args(g)
+    g.add_argument("--surrogate-archs", default=None,
+                   help="comma list of surrogate architectures for the fitted rows (TAP: an ensemble of clean "
+                        "surrogates; EM: trained together); default: --arch")
     p.set_defaults(func=run)
 
 

@@ -324,8 +324,8 @@ class ProtectionBenchmark:
 # --- reports -------------------------------------------------------------------------------------------
 def markdown_table(results: dict) -> str:
     """Table 2 layout: rows = methods, columns = per-task metric + Avg. for MTL and STL victims, and the
-    protection ratio of every row against the clean row (``PR = (clean - row) / (clean - majority)`` per
-    task; the table shows the worst task's PR, :mod:`.deploy_report` explains the number)."""
+    protection ratio of every row against the clean row behind the same defense (``PR = (clean - row) /
+    (clean - majority)`` per task; the table shows the worst task's PR, :mod:`.deploy_report` explains it)."""
     from .deploy_report import protection_ratio
 
     tasks = results["tasks"]
@@ -336,9 +336,11 @@ def markdown_table(results: dict) -> str:
     if has_stl:
         head += [f"STL {t}" for t in tasks] + ["STL Avg.", "STL worst PR"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    clean = {p: results["rows"].get("clean", {}).get(p, {}) for p in parts}
     for key, r in results["rows"].items():
         cells = [key]
+        suffix = key.split(" + ", 1)[1] if " + " in key else None  # a defense: compare with clean behind it
+        ref = results["rows"].get("clean" + (f" + {suffix}" if suffix else ""), {})
+        clean = {p: ref.get(p, {}) for p in parts}
         for part in parts:
             vals = r.get(part, {})
             nums = [100 * vals[t] for t in tasks if t in vals]
@@ -347,7 +349,7 @@ def markdown_table(results: dict) -> str:
             prs = [protection_ratio(clean[part][t], vals[t], maj[t]) for t in tasks
                    if t in vals and t in clean[part] and t in maj]
             prs = [(v, t) for v, t in zip(prs, tasks) if not np.isnan(v)]
-            cells.append(f"{min(prs)[0]:.2f} ({min(prs)[1]})" if prs and key != "clean" else "-")
+            cells.append(f"{min(prs)[0]:.2f} ({min(prs)[1]})" if prs and not key.startswith("clean") else "-")
         lines.append("| " + " | ".join(cells) + " |")
     if all(t in maj for t in tasks):
         nums = [100 * maj[t] for t in tasks]
