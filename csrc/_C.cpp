@@ -5,6 +5,8 @@
 
 namespace mtlguard {
 bool cuda_kernels_compiled();  // ops.cpp (no torch headers here: this unit compiles in a second)
+bool bench_legacy_clamp();
+void set_bench_legacy_clamp(bool on);
 }  // namespace mtlguard
 
 namespace {
@@ -13,9 +15,21 @@ PyObject* cuda_kernels_compiled(PyObject* /*self*/, PyObject* /*args*/) {
   return PyBool_FromLong(mtlguard::cuda_kernels_compiled() ? 1 : 0);
 }
 
+// _bench_legacy_clamp(on: bool) -> previous value.  Benchmarks only (ops.h).
+PyObject* bench_legacy_clamp(PyObject* /*self*/, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  const bool prev = mtlguard::bench_legacy_clamp();
+  mtlguard::set_bench_legacy_clamp(on != 0);
+  return PyBool_FromLong(prev ? 1 : 0);
+}
+
 PyMethodDef methods[] = {
     {"cuda_kernels_compiled", cuda_kernels_compiled, METH_NOARGS,
      "True when the CUDA kernels of the mtlguard ops were compiled into this extension."},
+    {"_bench_legacy_clamp", bench_legacy_clamp, METH_O,
+     "Benchmarks only: CPU pgd_step kernels use the pre-issue-15 clamp form (drops a NaN bound); returns the "
+     "previous setting."},
     {nullptr, nullptr, 0, nullptr},
 };
 

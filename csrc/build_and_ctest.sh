@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Configure, build (-j2) and test (ctest) the native mtlguard ops library against the installed libtorch.
 # Usage: csrc/build_and_ctest.sh [build-dir]   (default: build/cmake; extra cmake args via MTLGUARD_CMAKE_ARGS)
+# CUDA kernels too (compiles with nvcc, no GPU needed; ctest runs the CPU checks):
+#   MTLGUARD_CMAKE_ARGS=-DMTLGUARD_CMAKE_CUDA=ON csrc/build_and_ctest.sh build/cmake-cuda
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR="${1:-build/cmake}"

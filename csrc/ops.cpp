@@ -3,6 +3,8 @@
 // outputs) through common/*.h; fake (meta) kernels and autograd formulas: python/mtlguard/ops/_meta.py.
 #include <torch/library.h>
 
+#include <atomic>
+
 #include "ops.h"
 
 namespace mtlguard {
@@ -14,6 +16,13 @@ bool cuda_kernels_compiled() {
   return false;
 #endif
 }
+
+namespace {
+std::atomic<bool> g_bench_legacy_clamp{false};
+}  // namespace
+
+bool bench_legacy_clamp() { return g_bench_legacy_clamp.load(std::memory_order_relaxed); }
+void set_bench_legacy_clamp(bool on) { g_bench_legacy_clamp.store(on, std::memory_order_relaxed); }
 
 TORCH_LIBRARY(mtlguard, m) {
   // register_fake / register_autograd for these ops live in this Python module.
@@ -29,6 +38,8 @@ TORCH_LIBRARY(mtlguard, m) {
   m.def("embed_concat(Tensor z, Tensor table, Tensor labels, Tensor offsets, int[] emb_shape) -> Tensor");
   m.def("embed_concat_backward(Tensor grad_out, Tensor labels, Tensor offsets, int table_rows, "
         "int z_channels, int[] emb_shape) -> (Tensor, Tensor)");
+  // image uint8 [N, H, W, C], delta float32 [N, C or 1, h, w] -> protected uint8 [N, H, W, C].
+  m.def("apply_delta_u8(Tensor image, Tensor delta, float eps) -> Tensor");
 }
 
 }  // namespace mtlguard

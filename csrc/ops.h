@@ -5,6 +5,8 @@
 //   pgd_step(_)    signed PGD step with both projections            (GB-MTA Alg. 3, P(x + eta * beta))
 //   balanced_sign  sign(sum_t w_tb g_t) over T task gradients        (GB-MTA Eq. 8-9)
 //   embed_concat   concat(z, e^1_{y1}, ..., e^K_{yK}) (+ backward)  (MTL-UE Sec. 4.3, Fig. 3)
+//   apply_delta_u8 the engine's native-resolution step: Pillow-bilinear upsampling of a model-resolution delta,
+//                  clip to +-eps, add to uint8 pixels, round half to even, clip to [0, 255]  (engine/perturb.py)
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +22,12 @@ constexpr double kLossFloor = 1e-6;
 
 //: True when the CUDA kernels were compiled into this library.
 bool cuda_kernels_compiled();
+
+//: Benchmarks only (bench/ops.py, through mtlguard._C._bench_legacy_clamp): when set, the CPU pgd_step /
+//: pgd_step_ kernels use the pre-issue-15 clamp form that drops a NaN bound (element_ops.h LegacyClamp), so the
+//: NaN-propagating form can be timed against it in one process.  Off by default; nothing else sets it.
+bool bench_legacy_clamp();
+void set_bench_legacy_clamp(bool on);
 
 // Aggregation modes of balanced_sign.
 enum class SignMode { kGbmta = 0, kTotal = 1, kSignTotal = 2, kWeighted = 3 };

@@ -5,16 +5,19 @@ image's native ``(H, W)``, re-clipped to ``[-eps, eps]`` (the MTL-UE budget, Alg
 original pixels, then rounded and clipped to uint8.  Since ``|round(x + d) - x| <= round(|d|)`` for
 integer ``x``, every written pixel satisfies ``|protected - original| <= ceil(eps * 255)``.
 
-Speed (measured single-threaded on the 2-core machine): the upsampling uses Pillow's bilinear weights (half-pixel
-centres, antialiased when shrinking) as a precomputed sparse tap table (2 taps per output when
-enlarging), applied with numpy gathers on a whole group of same-size images at once (0.7 ms per
-200x200 image vs 1.3 ms for per-channel Pillow resizes).  It does not use a BLAS matmul: numpy's
-OpenBLAS ran these skinny products (e.g. [200, 32] @ [32, 600]) at 0.5-2 GFLOP/s on the shared
-2-core machine, ~20x slower than the gathers.
+The upsampling uses Pillow's bilinear weights (half-pixel centres, antialiased when shrinking) as a
+precomputed sparse tap table (2 taps per output when enlarging).  :func:`apply_delta_batch` runs the whole
+step -- upsample, clip, add, round, uint8 -- as the fused op :func:`mtlguard.ops.apply_delta_u8` (one pass, no
+full-size float temporaries; CPU or CUDA kernel) when the compiled ``mtlguard._C`` is available, else this
+module's numpy path (:func:`apply_delta_batch_numpy`: numpy gathers on a whole group of same-size images, 0.7 ms
+per 200x200 image single-threaded; numpy's OpenBLAS ran the equivalent skinny matmuls ~20x slower).  Both give
+the same bytes (tests/test_ops_apply_delta.py); ``MTLGUARD_ENGINE_NUMPY_APPLY=1`` forces the numpy path.
 """
 from __future__ import annotations
 
 import math
+import os
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -107,15 +110,78 @@ def upsample_delta(delta: np.ndarray, height: int, width: int, scale: float = 1.
     return out[0] if single else out
 
 
-def apply_delta_batch(rgb: np.ndarray, delta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+_FUSED_LOCK = threading.Lock()
+_FUSED: list = []  # [mtlguard.ops or None], resolved once per process
+
+
+def fused_ops():
+    """:mod:`mtlguard.ops` when its compiled ``apply_delta_u8`` kernel can be used, else None (numpy path).
+
+    Imports torch on first use (the engine's onnxruntime path does not otherwise need it)."""
+    if _FUSED:
+        return _FUSED[0]
+    with _FUSED_LOCK:
+        if not _FUSED:
+            mod = None
+            if os.environ.get("MTLGUARD_ENGINE_NUMPY_APPLY", "0") != "1":
+                try:
+                    import warnings
+
+                    with warnings.catch_warnings():  # a missing extension is reported by ops.backend_info()
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        from mtlguard import ops
+                        from mtlguard.ops._dispatch import _has_kernel
+                    if ops.extension_loaded() and _has_kernel("apply_delta_u8"):
+                        mod = ops
+                        # decoded images are read-only numpy arrays; the op only reads them (torch warns once)
+                        warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
+                                                category=UserWarning)
+                except Exception:  # noqa: BLE001 - no torch / broken build: the numpy path
+                    mod = None
+            _FUSED.append(mod)
+    return _FUSED[0]
+
+
+def max_abs_diff(out: np.ndarray, rgb: np.ndarray, eps: float) -> np.ndarray:
+    """``max |out - rgb|`` per image, int64 [N] (both uint8 [N, H, W, C])."""
+    n = out.shape[0]
+    if n == 0 or out.size == 0:
+        return np.zeros(n, dtype=np.int64)
+    if bound_uint8(eps) <= 127:  # |diff| <= 127: the wrapped uint8 difference read as int8 is exact
+        diff = np.subtract(out, rgb).view(np.int8).reshape(n, -1)
+        return np.maximum(diff.max(axis=1).astype(np.int64), -diff.min(axis=1).astype(np.int64))
+    diff16 = np.abs(out.astype(np.int16) - rgb.astype(np.int16)).reshape(n, -1)
+    return diff16.max(axis=1).astype(np.int64)
+
+
+def apply_delta_batch(rgb: np.ndarray, delta: np.ndarray, eps: float, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Protect a group of same-size images at once.
 
     Args:
         rgb: uint8 [N, H, W, C] originals.  delta: float32 [N, C, h, w] at the generator's resolution, or
             [N, 1, h, w] on C = 3 images: a luma delta, added to every channel (the colour mode is kept).
+        device: where the fused op runs (``cuda``: the torch backend on a GPU; falls back to the CPU kernel).
     Returns:
         ``(protected uint8 [N, H, W, C], max |protected - rgb| per image, int64 [N])``.
-    """
+
+    The fused :func:`mtlguard.ops.apply_delta_u8` when available, else :func:`apply_delta_batch_numpy`: the same
+    bytes either way."""
+    ops = fused_ops()
+    if ops is None or rgb.ndim != 4 or np.asarray(delta).ndim != 4 or rgb.shape[0] == 0:
+        return apply_delta_batch_numpy(rgb, delta, eps)
+    import torch
+
+    img = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.uint8))
+    d = torch.from_numpy(np.ascontiguousarray(delta, dtype=np.float32))
+    if device == "cuda" and ops.cuda_kernels_compiled() and torch.cuda.is_available():
+        out = ops.apply_delta_u8(img.cuda(non_blocking=True), d.cuda(non_blocking=True), eps).cpu().numpy()
+    else:
+        out = ops.apply_delta_u8(img, d, eps).numpy()
+    return out, max_abs_diff(out, rgb, eps)
+
+
+def apply_delta_batch_numpy(rgb: np.ndarray, delta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`apply_delta_batch` in numpy (the definition the fused op is tested against)."""
     n, h, w, c = rgb.shape
     e = np.float32(eps * 255.0)
     up = upsample_delta(delta, h, w, scale=255.0)  # float32 [N, H, W, C], in uint8 steps
@@ -126,15 +192,7 @@ def apply_delta_batch(rgb: np.ndarray, delta: np.ndarray, eps: float) -> tuple[n
     np.rint(up, out=up)
     np.clip(up, 0.0, 255.0, out=up)
     out = up.astype(np.uint8)
-    if n == 0 or out.size == 0:
-        return out, np.zeros(n, dtype=np.int64)
-    if bound_uint8(eps) <= 127:  # |diff| <= 127: the wrapped uint8 difference read as int8 is exact
-        diff = np.subtract(out, rgb).view(np.int8).reshape(n, -1)
-        max_abs = np.maximum(diff.max(axis=1).astype(np.int64), -diff.min(axis=1).astype(np.int64))
-    else:
-        diff16 = np.abs(out.astype(np.int16) - rgb.astype(np.int16)).reshape(n, -1)
-        max_abs = diff16.max(axis=1).astype(np.int64)
-    return out, max_abs
+    return out, max_abs_diff(out, rgb, eps)
 
 
 def apply_delta(rgb: np.ndarray, delta: np.ndarray, eps: float) -> tuple[np.ndarray, int]:

@@ -7,7 +7,7 @@
 //   pgd_step:     x_adv <- clamp(clamp(x_adv + step * dir, x - eps, x + eps), lo, hi)   (GB-MTA Alg. 3, P(.))
 //
 // Arithmetic in at::opmath_type (float for bf16/half), rounded once on store; s * dir is rounded before the
-// add (element_ops.h).  The data is the first operand of every clamp, so a NaN in it propagates.
+// add (element_ops.h).  A NaN in the data or in a bound (x, eps, lo, hi) propagates, as in the reference.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -33,13 +33,14 @@ MTLG_HOST_DEVICE inline void project_linf_element(scalar_t x, scalar_t delta, op
   delta_out = static_cast<scalar_t>(static_cast<opmath_t>(a) - xv);
 }
 
-template <typename scalar_t, typename dir_t, typename opmath_t>
+// Clamp: NanClamp (every kernel) or LegacyClamp (the CPU kernel's pre-issue-15 form, benchmarks only).
+template <typename Clamp = NanClamp, typename scalar_t, typename dir_t, typename opmath_t>
 MTLG_HOST_DEVICE inline scalar_t pgd_step_element(scalar_t x_adv, scalar_t x, dir_t dir, opmath_t step, opmath_t eps,
                                                   opmath_t lo, opmath_t hi) {
   const opmath_t xv = static_cast<opmath_t>(x);
   opmath_t y = add_rn(static_cast<opmath_t>(x_adv), mul_rn(step, static_cast<opmath_t>(dir)));
-  y = min_op(max_op(y, xv - eps), xv + eps);
-  return static_cast<scalar_t>(min_op(max_op(y, lo), hi));
+  y = Clamp::min(Clamp::max(y, xv - eps), xv + eps);
+  return static_cast<scalar_t>(Clamp::min(Clamp::max(y, lo), hi));
 }
 
 // ---- host side ----------------------------------------------------------------------------------------------

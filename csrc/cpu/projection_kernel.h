@@ -26,7 +26,7 @@ void project_linf_loop(const scalar_t* x, const scalar_t* delta, scalar_t* x_adv
   });
 }
 
-template <typename scalar_t, typename dir_t>
+template <typename Clamp, typename scalar_t, typename dir_t>
 void pgd_step_loop(const scalar_t* xa, const scalar_t* x, const dir_t* dir, scalar_t* out, int64_t numel,
                    int64_t inner, double step, const scalar_t* step_b, double eps, const scalar_t* eps_b, double lo,
                    double hi) {
@@ -35,7 +35,7 @@ void pgd_step_loop(const scalar_t* xa, const scalar_t* x, const dir_t* dir, scal
   for_each_sample_segment(numel, inner, [&](int64_t b, int64_t begin, int64_t end) {
     const opmath_t s = step_b ? static_cast<opmath_t>(step_b[b]) : static_cast<opmath_t>(step);
     const opmath_t e = eps_b ? static_cast<opmath_t>(eps_b[b]) : static_cast<opmath_t>(eps);
-    for (int64_t i = begin; i < end; ++i) out[i] = pgd_step_element(xa[i], x[i], dir[i], s, e, lo_, hi_);
+    for (int64_t i = begin; i < end; ++i) out[i] = pgd_step_element<Clamp>(xa[i], x[i], dir[i], s, e, lo_, hi_);
   });
 }
 
@@ -51,10 +51,12 @@ void pgd_step_run(const PgdStepTensors& t, double step, double eps, double lo, d
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.x.scalar_type(), "pgd_step_cpu", [&] {
     dispatch_direction<scalar_t>(t.dir, [&](auto dir_tag) {
       using dir_t = decltype(dir_tag);
-      pgd_step_loop<scalar_t, dir_t>(t.x_adv.const_data_ptr<scalar_t>(), t.x.const_data_ptr<scalar_t>(),
-                                     t.dir.const_data_ptr<dir_t>(), t.out.mutable_data_ptr<scalar_t>(), t.x.numel(),
-                                     per_sample(t.x), step, data_or_null<scalar_t>(t.step_t), eps,
-                                     data_or_null<scalar_t>(t.eps_t), lo, hi);
+      // bench_legacy_clamp(): the pre-issue-15 clamp form, only ever set by bench/ops.py (element_ops.h).
+      auto* loop = bench_legacy_clamp() ? &pgd_step_loop<LegacyClamp, scalar_t, dir_t>
+                                        : &pgd_step_loop<NanClamp, scalar_t, dir_t>;
+      loop(t.x_adv.const_data_ptr<scalar_t>(), t.x.const_data_ptr<scalar_t>(), t.dir.const_data_ptr<dir_t>(),
+           t.out.mutable_data_ptr<scalar_t>(), t.x.numel(), per_sample(t.x), step, data_or_null<scalar_t>(t.step_t),
+           eps, data_or_null<scalar_t>(t.eps_t), lo, hi);
     });
   });
 }

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -80,6 +81,11 @@ std::tuple<at::Tensor, at::Tensor> embed_concat_backward(const at::Tensor& g, co
                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                 const at::Tensor&, int64_t, int64_t, at::IntArrayRef)>();
   return h.call(g, labels, offsets, rows, cz, es);
+}
+
+at::Tensor apply_delta_u8(const at::Tensor& img, const at::Tensor& d, double eps) {
+  static auto h = op("mtlguard::apply_delta_u8").typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+  return h.call(img, d, eps);
 }
 
 // ATen compositions (the formulas of python/mtlguard/ops/reference.py).
@@ -226,6 +232,54 @@ void test_embed_concat() {
   check(named, "embed_concat out-of-range label raises IndexError naming task, value and sample");
 }
 
+void test_nan_propagation() {
+  // A NaN bound (per-sample eps, lo) propagates like torch.maximum/minimum in the reference (issue 15).
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  at::Tensor x = at::rand({3, 2, 4, 4}), xa = (x + 0.01).clamp(0.0, 1.0);
+  at::Tensor dir = at::randint(-1, 2, {3, 2, 4, 4}).to(at::kChar);
+  at::Tensor e = at::tensor(std::vector<float>{0.03f, static_cast<float>(nan), 0.02f});
+  at::Tensor got = pgd_step(xa, x, dir, 0.01, std::nullopt, 0.0, e);
+  at::Tensor want = ref_pgd(xa, x, dir, at::full({3, 1, 1, 1}, 0.01), e.reshape({3, 1, 1, 1}));
+  check(at::equal(got.isnan(), want.isnan()) && got[1].isnan().all().item<bool>() &&
+            at::allclose(got, want, 0.0, 1e-6, /*equal_nan=*/true),
+        "pgd_step NaN per-sample eps propagates");
+  at::Tensor xn = x.clone();
+  xn.index_put_({0, 0, 0, 0}, nan);
+  at::Tensor got2 = pgd_step(xa, xn, dir, 0.01, std::nullopt, 0.03, std::nullopt);
+  check(got2.isnan().sum().item<int64_t>() == 1 && got2[0][0][0][0].isnan().item<bool>(), "pgd_step NaN x propagates");
+  auto [a, o] = project_linf(x, x * 0.1, 0.0, e, 0.0, 1.0);
+  check(a[1].isnan().all().item<bool>() && !a[0].isnan().any().item<bool>(), "project_linf NaN per-sample eps propagates");
+  auto [a2, o2] = project_linf(x, x * 0.1, 0.03, std::nullopt, nan, 1.0);
+  check(a2.isnan().all().item<bool>(), "project_linf NaN lo propagates");
+}
+
+void test_apply_delta_u8() {
+  at::manual_seed(4);
+  at::Tensor img = at::randint(0, 256, {2, 8, 8, 3}).to(at::kByte);
+  at::Tensor d = at::randn({2, 3, 8, 8}) * 0.05;
+  const double eps = 8.0 / 255.0;
+  const float e = static_cast<float>(eps * 255.0);
+  // same size: u = d * 255 (one tap of weight 1), then clip, add, round half to even, clip
+  at::Tensor u = (d * 255.0f).clamp(-e, e).permute({0, 2, 3, 1});
+  at::Tensor want = (u + img.to(at::kFloat)).round().clamp(0.0, 255.0).to(at::kByte);
+  at::Tensor got = apply_delta_u8(img, d, eps);
+  check(got.scalar_type() == at::kByte && at::equal(got, want), "apply_delta_u8 same size == clip/add/round/clip");
+  at::Tensor luma = apply_delta_u8(img, d.narrow(1, 0, 1), eps);
+  at::Tensor want_l = (u.narrow(3, 0, 1) + img.to(at::kFloat)).round().clamp(0.0, 255.0).to(at::kByte);
+  check(at::equal(luma, want_l), "apply_delta_u8 luma delta on every channel");
+  // 2x enlargement of a constant delta stays constant (weights sum to 1), and the bound holds
+  at::Tensor c = apply_delta_u8(img.repeat({1, 2, 2, 1}).contiguous(), at::full({2, 3, 4, 4}, 0.5), eps);
+  at::Tensor diff = c.to(at::kShort) - img.repeat({1, 2, 2, 1}).to(at::kShort);
+  check(diff.abs().max().item<int64_t>() <= 8, "apply_delta_u8 enlarge keeps |diff| <= ceil(eps * 255)");
+  bool threw = false;
+  try {
+    apply_delta_u8(img, at::randn({2, 2, 4, 4}), eps);
+  } catch (const c10::ValueError&) {
+    threw = true;
+  }
+  check(threw, "apply_delta_u8 channel mismatch raises ValueError");
+}
+
 }  // namespace
 
 int main() {
@@ -234,6 +288,8 @@ int main() {
       {"pgd_step", test_pgd_step},
       {"balanced_sign", test_balanced_sign},
       {"embed_concat", test_embed_concat},
+      {"nan_propagation", test_nan_propagation},
+      {"apply_delta_u8", test_apply_delta_u8},
   };
   for (const auto& [name, fn] : suites) {
     try {

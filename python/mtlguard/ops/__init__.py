@@ -6,6 +6,8 @@ Public API (semantics in :mod:`mtlguard.ops.reference`):
 * :func:`pgd_step` / :func:`pgd_step_` -- one signed PGD step with both projections.
 * :func:`balanced_sign` -- GB-MTA (Eq. 9) and baseline aggregations of T task gradients to an int8 sign.
 * :func:`embed_concat` -- MTL-UE's ``concat(z, e^1_{y1}, ..., e^K_{yK})`` with partial protection.
+* :func:`apply_delta_u8` -- the engine's native-resolution step (bilinear upsampling of a model-resolution delta,
+  clip, add, round, uint8), bit-identical to the engine's numpy path.
 * :func:`backend` -- ``"extension"`` when the compiled kernels are in use, else ``"reference"``;
   :func:`backend_info` adds whether CUDA kernels were compiled and why the extension is not used.
 
@@ -58,7 +60,8 @@ def backend_info() -> dict:
     }
 
 
-from ._dispatch import balanced_sign, embed_concat, pgd_step, pgd_step_, project_linf  # noqa: E402
+from ._dispatch import (apply_delta_u8, balanced_sign, embed_concat, pgd_step, pgd_step_,  # noqa: E402
+                        project_linf)
 
 __all__ = [
     "backend",
@@ -73,4 +76,5 @@ __all__ = [
     "pgd_step_",
     "balanced_sign",
     "embed_concat",
+    "apply_delta_u8",
 ]

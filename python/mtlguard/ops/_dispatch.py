@@ -143,5 +143,44 @@ def embed_concat(z: torch.Tensor, table: torch.Tensor, labels: torch.Tensor, off
     return _lib().embed_concat(z, table, labels, offsets, [e, h, w])
 
 
+def _has_kernel(name: str) -> bool:
+    """The loaded extension defines op ``name`` (False for a build older than the op)."""
+    try:
+        getattr(_lib(), name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def apply_delta_u8(image: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """The engine's native-resolution step in one pass: ``image`` uint8 [N, H, W, C] and a model-resolution
+    ``delta`` [N, C, h, w] (or [N, 1, h, w], a luma delta added to every channel) -> protected uint8 [N, H, W, C]:
+    Pillow-bilinear upsampling of ``delta`` to H x W, clip to ``[-eps, eps]`` (in [0, 1] units), add, round half
+    to even, clip to [0, 255].  Bit-identical to :func:`mtlguard.engine.perturb.apply_delta_batch` (semantics:
+    :func:`mtlguard.ops.reference.apply_delta_u8`).  Not differentiable."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.dtype != torch.uint8:
+        raise ValueError(f"apply_delta_u8: image must be a uint8 tensor [N, H, W, C], got "
+                         f"{getattr(image, 'dtype', type(image).__name__)} {tuple(getattr(image, 'shape', ()))}")
+    if not isinstance(delta, torch.Tensor) or delta.dim() != 4 or not delta.is_floating_point():
+        raise ValueError(f"apply_delta_u8: delta must be a floating tensor [N, C, h, w], got "
+                         f"{getattr(delta, 'dtype', type(delta).__name__)} {tuple(getattr(delta, 'shape', ()))}")
+    if delta.shape[0] != image.shape[0]:
+        raise ValueError(f"apply_delta_u8: image has {image.shape[0]} images, delta {delta.shape[0]}")
+    if delta.shape[1] not in (image.shape[3], 1):
+        raise ValueError(f"apply_delta_u8: delta has {delta.shape[1]} channels, the image {image.shape[3]} "
+                         f"(expected {image.shape[3]}, or 1 for a luma delta)")
+    eps = float(eps)
+    if not eps >= 0:
+        raise ValueError(f"apply_delta_u8: eps must be >= 0, got {eps}")
+    if delta.dtype != torch.float32:
+        delta = delta.to(torch.float32)
+    if delta.device != image.device:
+        delta = delta.to(image.device)
+    if (not extension_loaded() or _forced_reference() or image.device.type not in _kernel_devices()
+            or not _has_kernel("apply_delta_u8")):
+        return _ref.apply_delta_u8(image, delta, eps)
+    return _lib().apply_delta_u8(image, delta, eps)
+
+
 def _lib():
     return torch.ops.mtlguard

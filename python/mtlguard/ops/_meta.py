@@ -5,6 +5,8 @@ this module with ``m.set_python_module``).  Fake kernels let ``torch.compile`` /
 ops; they reproduce the kernels' output layout: the input layout when every input is "sample-blocked"
 (contiguous or channels_last, same strides), else contiguous.
 
+``apply_delta_u8`` (uint8 output) has no autograd formula.
+
 Autograd:
 
 * ``project_linf``: exact masked derivative of the two clamps (MTL-UE Alg. 1, ``Clip(D(.), -eps, eps)``):
@@ -83,6 +85,22 @@ def _embed_concat_backward_fake(grad_out, labels, offsets, table_rows, z_channel
     e, h, w = emb_shape
     gz = grad_out.new_empty((grad_out.shape[0], z_channels, h, w))
     return gz, grad_out.new_empty((table_rows, e * h * w))
+
+
+def _has_op(name: str) -> bool:
+    """True when the loaded mtlguard._C defines ``name`` (a build older than the op lacks it)."""
+    try:
+        getattr(_lib, name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+if _has_op("apply_delta_u8"):
+
+    @torch.library.register_fake("mtlguard::apply_delta_u8")
+    def _apply_delta_u8_fake(image, delta, eps):
+        return image.new_empty(image.shape)
 
 
 # ---------------------------------------------------------------------------------------------- autograd

@@ -164,3 +164,103 @@ def embed_concat(z: torch.Tensor, table: torch.Tensor, labels: torch.Tensor, off
         emb = torch.where((lab >= 0)[:, None], picked, mean)
         parts.append(emb.reshape(b, e, h, w).to(z.dtype))
     return torch.cat(parts, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- apply_delta_u8
+
+
+def _pairwise_sum(a: Sequence[float], lo: int = 0, n: int | None = None) -> float:
+    """numpy's pairwise summation of float64 (what ``ndarray.sum()`` returns for a contiguous float64 array)."""
+    n = len(a) - lo if n is None else n
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r = list(a[lo: lo + 8])
+        i = 8
+        while i < n - (n % 8):
+            for j in range(8):
+                r[j] += a[lo + i + j]
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        while i < n:
+            res += a[lo + i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise_sum(a, lo, n2) + _pairwise_sum(a, lo + n2, n - n2)
+
+
+def bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pillow's BILINEAR weights from ``n_in`` to ``n_out`` samples: ``(index int64 [n_out, K], weight float32
+    [n_out, K])``, ``out[i] = sum_k w[i, k] * in[idx[i, k]]``; built exactly as
+    :func:`mtlguard.engine.perturb.bilinear_taps` builds them (float64, numpy's pairwise normalization sum,
+    zero-weight padding taps reading the row's first index)."""
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"bilinear_taps: sizes must be >= 1, got {n_in} -> {n_out}")
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support = filterscale
+    rows = []
+    for i in range(n_out):
+        center = (i + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = max(min(int(center + support + 0.5), n_in), lo + 1)
+        wts = [max(0.0, 1.0 - abs((x - center + 0.5) / filterscale)) for x in map(float, range(lo, hi))]
+        nz = [j for j, v in enumerate(wts) if v != 0.0]
+        if not nz:
+            wts, nz = [1.0], [0]
+        wts = wts[nz[0]: nz[-1] + 1]
+        total = _pairwise_sum(wts)
+        rows.append((lo + nz[0], [v / total for v in wts]))
+    k = max(len(w) for _, w in rows)
+    idx = [[s + j if j < len(w) else s for j in range(k)] for s, w in rows]
+    wt = [[w[j] if j < len(w) else 0.0 for j in range(k)] for _, w in rows]
+    return torch.tensor(idx, dtype=torch.int64), torch.tensor(wt, dtype=torch.float64).to(torch.float32)
+
+
+def apply_delta_u8(image: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """The engine's native-resolution step: ``image`` uint8 [N, H, W, C], ``delta`` float32 [N, C, h, w] (or
+    [N, 1, h, w]: a luma delta added to every channel) -> protected uint8 [N, H, W, C].
+
+    ``u`` = the delta upsampled to H x W with Pillow's BILINEAR weights (W pass first, then H, each a left-to-right
+    sum of rounded float32 products, the H weights scaled to uint8 steps as ``float32(w * 255)``);
+    ``out = uint8(clip(rint(clip(u, -e, e) + image), 0, 255))`` with ``e = float32(eps * 255)`` and rint rounding
+    half to even; a NaN delta gives 0.  Bit-identical to :func:`mtlguard.engine.perturb.apply_delta_batch`."""
+    if image.dim() != 4 or image.dtype != torch.uint8:
+        raise ValueError(f"apply_delta_u8: image must be uint8 [N, H, W, C], got {image.dtype} {tuple(image.shape)}")
+    if delta.dim() != 4:
+        raise ValueError(f"apply_delta_u8: delta must be [N, C, h, w], got {tuple(delta.shape)}")
+    n, hh, ww, c = image.shape
+    _, cd, h, w = delta.shape
+    if delta.shape[0] != n:
+        raise ValueError(f"apply_delta_u8: image has {n} images, delta {delta.shape[0]}")
+    if cd not in (c, 1):
+        raise ValueError(f"apply_delta_u8: delta has {cd} channels, the image {c} (expected {c}, or 1 for a luma delta)")
+    if not eps >= 0:
+        raise ValueError(f"apply_delta_u8: eps must be >= 0, got {eps}")
+    if image.numel() == 0:
+        return torch.empty_like(image, memory_format=torch.contiguous_format)
+    if h < 1 or w < 1:
+        raise ValueError(f"apply_delta_u8: delta must have h, w >= 1, got {tuple(delta.shape)}")
+    dev = image.device
+    d = delta.to(dev, torch.float32).permute(0, 2, 3, 1)  # [N, h, w, Cd]
+    iw, tw = (t.to(dev) for t in bilinear_taps(w, ww))
+    t = d[:, :, iw[:, 0], :] * tw[:, 0].reshape(1, 1, ww, 1)
+    for k in range(1, iw.shape[1]):
+        t = t + d[:, :, iw[:, k], :] * tw[:, k].reshape(1, 1, ww, 1)
+    ih, th = (t_.to(dev) for t_ in bilinear_taps(h, hh))
+    th = th * 255.0  # float32 products: numpy's wt * np.float32(255)
+    u = t[:, ih[:, 0]] * th[:, 0].reshape(1, hh, 1, 1)
+    for k in range(1, ih.shape[1]):
+        u = u + t[:, ih[:, k]] * th[:, k].reshape(1, hh, 1, 1)
+    e = torch.tensor(eps * 255.0, dtype=torch.float32).item()
+    u = u.clamp(-e, e)
+    if cd != c:
+        u = u.expand(n, hh, ww, c)
+    v = torch.round(u + image.to(torch.float32)).clamp(0.0, 255.0)
+    v = torch.where(torch.isnan(v), torch.zeros_like(v), v)
+    return v.to(torch.uint8)
