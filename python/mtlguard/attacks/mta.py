@@ -15,7 +15,12 @@ pre-activations.  :func:`evaluate_mta` reports the used budget ``mean |v| / eps`
 * ``mode="instance"``: input = the image, ``v_t^i = Pi_eps(g_t(f(x^i)))``; ``f(x)`` is computed once and
   decoded by all tasks (Sec. 3.2).
 * ``mode="universal"``: input = a fixed random pattern ``Z_t ~ U[0, 1)`` per task (a buffer), the same
-  ``v_t`` for every image (Sec. 3.1).
+  ``v_t`` for every image (Sec. 3.1).  ``v_t = Pi(g_t(f(Z_t)))`` depends on ``Z_t`` only: each pattern is
+  run as its own batch and the batch-norm layers of the encoder and of ``g_t`` normalize it with *its own*
+  statistics, in training and in evaluation alike (running statistics are neither used nor updated for the
+  patterns), so the perturbation deployed is the one trained.
+  Encoding the ``M`` patterns as one batch, as generators before this rule did, made ``v_a`` move with
+  ``Z_b`` through the shared batch statistics.
 
 Fooling losses (per sample, then averaged; ``H`` = the task loss of :func:`task_loss`):
 
@@ -29,6 +34,14 @@ tensor).  Adversarial inputs are clamped to [0, 1] (this only shrinks ``|v|``).
 
 The forward pass uses standard ops only (convs, norms, reflection pads, abs/amax/clamp), so it exports
 to ONNX: ``instance`` mode maps an image ``[B, C, H, W]`` to a tuple of ``M`` perturbations.
+
+**GAP baseline** (Poursaeed et al. 2018, the method MTA compares against): :class:`GAPGenerator` holds one
+complete single-task ResNet generator (its own encoder and decoder) per task, each trained on its own
+task's fooling loss only; it has the same interface, so :func:`train_mta` / :func:`evaluate_mta` run it
+unchanged (the summed objective of independent generators trains each on its own loss).
+
+**Transfer** (MTA Sec. 4.4, Table 6): :func:`evaluate_transfer` evaluates a generator trained against one
+victim on another model (e.g. trained on an HPS model, tested on MTAN).
 """
 from __future__ import annotations
 
@@ -138,15 +151,28 @@ class MTAGenerator(nn.Module):
     def config(self) -> dict:
         return dict(self._config)
 
+    def universal(self, t: int) -> torch.Tensor:
+        """``v_t = Pi(g_t(f(Z_t)))`` ``[1, C, H, W]``: task ``t``'s pattern alone through the encoder and its
+        decoder, every batch norm on this input's own statistics (training and evaluation alike)."""
+        mods = list(self.encoder.modules()) + list(self.decoders[t].modules())
+        bns = [m for m in mods if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [(m.training, m.momentum) for m in bns]
+        for m in bns:  # normalize with the pattern's own statistics; leave running statistics as they are
+            m.training, m.momentum = True, 0.0
+        try:
+            return scale_to_ball(self.decoders[t](self.encoder(self.patterns[t:t + 1])), self.eps, self.norm)
+        finally:
+            for m, (tr, mom) in zip(bns, saved):
+                m.training, m.momentum = tr, mom
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Perturbations ``(v_1, ..., v_M)``, each shaped like ``x`` (universal: broadcast over the batch)."""
         if self.mode == "instance":
             z = self.encoder(x)
             return tuple(scale_to_ball(dec(z), self.eps, self.norm) for dec in self.decoders)
-        z = self.encoder(self.patterns)  # [M, C', h, w]: f(Z_t) for every task's own pattern
         outs = []
-        for t, dec in enumerate(self.decoders):
-            v = scale_to_ball(dec(z[t:t + 1]), self.eps, self.norm)
+        for t in range(len(self.decoders)):  # v_t = Pi(g_t(f(Z_t))): nothing of another task's pattern
+            v = self.universal(t)
             outs.append(v.expand_as(x) if x is not None else v)
         return tuple(outs)
 
@@ -183,6 +209,73 @@ class MTAGenerator(nn.Module):
         return gen
 
 
+class GAPGenerator(nn.Module):
+    """GAP baseline (Poursaeed et al. 2018): one independent single-task ResNet generator per task.
+
+    Same interface as :class:`MTAGenerator` (``task_names``, ``eps``, ``norm``, ``mode``, ``forward``,
+    ``perturbations``, ``adversarial``, ``config``, ``save`` / ``load``); the sub-generator of task ``t`` is
+    ``MTAGenerator([t], ...)`` with the same options, so nothing is shared between tasks (MTA Sec. 3.2's
+    storage comparison: ``M`` encoders instead of one).
+    """
+
+    def __init__(self, tasks: Sequence[str | TaskSpec], in_channels: int = 3, image_size=(64, 64),
+                 eps: float = 8 / 255, norm: str = "linf", mode: str = "instance", ngf: int = 32,
+                 n_blocks: int = 6, norm_layer: str = "batch", seed: int = 0, output: str = "tanh") -> None:
+        super().__init__()
+        names = [t.name if isinstance(t, TaskSpec) else str(t) for t in tasks]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"GAPGenerator needs distinct task names, got {names}")
+        self.task_names = tuple(names)
+        self.generators = nn.ModuleList([
+            MTAGenerator([n], in_channels, image_size, eps, norm, mode, ngf, n_blocks, norm_layer, seed + i, output)
+            for i, n in enumerate(names)])
+        first = self.generators[0]
+        self.eps, self.norm, self.mode = first.eps, first.norm, first.mode
+        self._config = dict(first.config(), tasks=list(names), kind="gap")
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(g(x)[0] for g in self.generators)
+
+    def perturbations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self.task_names, self.forward(x)))
+
+    def adversarial(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: (x + v).clamp(0, 1) for n, v in self.perturbations(x).items()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights (safetensors) + ``path.json`` (config with ``"kind": "gap"``), atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write(path, lambda p: save_file(state, str(p)))
+        atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(self.config(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> "GAPGenerator":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg = json.loads(path.with_suffix(path.suffix + ".json").read_text())
+        cfg.pop("kind", None)
+        gen = cls(**cfg)
+        gen.load_state_dict(load_file(str(path), device=map_location))
+        return gen
+
+
+def load_generator(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
+    """An :class:`MTAGenerator` or :class:`GAPGenerator` from ``path`` (its JSON config says which)."""
+    path = Path(path)
+    cfg_path = path.with_suffix(path.suffix + ".json")
+    if cfg_path.is_file() and json.loads(cfg_path.read_text()).get("kind") == "gap":
+        return GAPGenerator.load(path, map_location)
+    return MTAGenerator.load(path, map_location)
+
+
 # ---------------------------------------------------------------------- victims and losses
 def _victim_output(victims, spec: TaskSpec, x: torch.Tensor) -> torch.Tensor:
     model = victims[spec.name] if isinstance(victims, Mapping) else victims
@@ -209,7 +302,7 @@ def _victim_modules(victims) -> list[nn.Module]:
     return uniq
 
 
-def fooling_losses(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, x: torch.Tensor,
+def fooling_losses(generator: MTAGenerator | GAPGenerator, tasks: Sequence[TaskSpec], victims, x: torch.Tensor,
                    targets: Mapping[str, torch.Tensor], targeted: bool = False,
                    target_classes: Mapping[str, int] | None = None,
                    alphas: Mapping[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -248,7 +341,7 @@ def fooling_losses(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, 
     return total, per
 
 
-def train_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, loader: Iterable,
+def train_mta(generator: MTAGenerator | GAPGenerator, tasks: Sequence[TaskSpec], victims, loader: Iterable,
               epochs: int = 1, lr: float = 2e-4, out_dir: str | os.PathLike | None = None,
               targeted: bool = False, target_classes: Mapping[str, int] | None = None,
               alphas: Mapping[str, float] | None = None, device: str | torch.device = "cpu",
@@ -341,7 +434,7 @@ class _frozen:
 
 
 @torch.no_grad()
-def evaluate_mta(generator: MTAGenerator, tasks: Sequence[TaskSpec], victims, loader: Iterable,
+def evaluate_mta(generator: MTAGenerator | GAPGenerator, tasks: Sequence[TaskSpec], victims, loader: Iterable,
                  device: str | torch.device = "cpu", target_classes: Mapping[str, int] | None = None) -> dict:
     """Per-task fooling ratio (MTA Sec. 4.1: share of inputs whose prediction changes), accuracy under
     attack, top-1 target accuracy (when ``target_classes``), and generator time per image.
@@ -397,3 +490,22 @@ def _pred(spec: TaskSpec, out: torch.Tensor) -> torch.Tensor:
     if spec.kind == "binary":
         return (out.reshape(out.shape[0], -1)[:, 0] > 0).long()
     return out.argmax(1)
+
+
+def evaluate_transfer(generator: MTAGenerator | GAPGenerator, tasks: Sequence[TaskSpec], source, target,
+                      loader: Iterable, device: str | torch.device = "cpu") -> dict:
+    """MTA's transfer row (Sec. 4.4, Table 6): the generator trained against ``source`` evaluated on ``source``
+    (white box) and on ``target`` (another architecture, never seen in training).
+
+    Returns ``{"source": evaluate_mta(..., source), "target": evaluate_mta(..., target), "transfer_ratio":
+    {task: fooling ratio on target / on source}}`` (classification tasks; ``nan`` where the source ratio is 0).
+    """
+    loader = list(loader)
+    src = evaluate_mta(generator, tasks, source, loader, device)
+    tgt = evaluate_mta(generator, tasks, target, loader, device)
+    ratio = {}
+    for n, r in src["per_task"].items():
+        if "fooling_ratio" in r:
+            fs = r["fooling_ratio"]
+            ratio[n] = tgt["per_task"][n]["fooling_ratio"] / fs if fs > 0 else float("nan")
+    return {"source": src, "target": tgt, "transfer_ratio": ratio}
