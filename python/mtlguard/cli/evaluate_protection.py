@@ -49,6 +49,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--at-eps", type=float, default=4.0, help="defense 'at': victims' PGD-AT L-inf bound in 1/255 units")
     p.add_argument("--at-steps", type=int, default=5, help="defense 'at': PGD steps per training batch")
     p.add_argument("--eps", type=float, default=8.0, help="L-inf bound in 1/255 units")
+    p.add_argument("--protect-fraction", type=float, default=1.0,
+                   help="memory protocol: protect this seeded fraction r of the training images; victims train on "
+                        "P_r + T_(1-r), plus a row on T_(1-r) alone (MTL-UE Table 9) (default: %(default)s)")
+    p.add_argument("--victim-archs", default=None,
+                   help="memory protocol: transfer rows with MTL victims of these architectures, comma list of ARCH or "
+                        "ARCH/MTL (e.g. resnet18/mtan,resnet18/cross_stitch,resnet101) (default: none)")
+    p.add_argument("--victim-weightings", default=None,
+                   help="memory protocol: transfer rows with MTL victims (--arch) trained with these weightings, e.g. "
+                        "uw,rlw,aligned_mtl,fairgrad (default: none)")
     p.add_argument("--arch", default="resnet18", help="victim and surrogate encoder")
     p.add_argument("--victim-epochs", type=int, default=10)
     p.add_argument("--victim-batch-size", type=int, default=128)
@@ -104,6 +113,8 @@ def run(args) -> int:
     from ..unlearnable.cli_common import command_line, load_split
     from ..unlearnable.evaluation import ProtectionBenchmark, ProtectionConfig, write_report
 
+    from ..models import split_arch_list
+
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     methods = tuple(split(args.methods or "clean,ar-patch,lsp-patch,mtl-ue-em,mtl-ue-tap"))
     if "clean" not in methods:
@@ -118,7 +129,9 @@ def run(args) -> int:
             gen_train_steps=args.gen_train_steps, gen_delta_units=args.gen_delta_units, em_steps=args.em_steps,
             em_rounds=args.em_rounds,
             tap_steps=args.tap_steps, tap_step_size=args.tap_step_size / 255,
-            at_eps=args.at_eps / 255, at_steps=args.at_steps, seed=args.seed, device=args.device,
+            at_eps=args.at_eps / 255, at_steps=args.at_steps, protect_fraction=args.protect_fraction,
+            victim_archs=tuple(split_arch_list(args.victim_archs or "")),
+            victim_weightings=tuple(split(args.victim_weightings or "")), seed=args.seed, device=args.device,
             progress=not args.no_progress)
     except ValueError as e:
         raise SystemExit(f"evaluate-protection: {e}") from None

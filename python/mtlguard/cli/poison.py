@@ -7,6 +7,9 @@ your own columns), so ``mtlguard train --data folder --root OUT --test-root SOUR
 Images are stored as uint8 ``x + round(delta * 255)`` and ``|delta| <= eps`` is checked on what is
 written; the output may not lie inside the source tree.
 
+``--protect-fraction r`` protects only a seeded fraction ``r`` of the images (MTL-UE Table 9's ``P_r``; the
+others are written unchanged, ``T_{1-r}``) and adds a ``protected`` column (1/0) to ``labels.csv``.
+
 Example::
 
     mtlguard poison --data utkface --root ../shared/data/utkface --image-size 32 \\
@@ -32,6 +35,9 @@ def add_parser(subparsers) -> None:
                      help="surrogate-free class-wise baseline")
     p.add_argument("--protect-tasks", default=None,
                    help="comma list: protect only these tasks (others get the mean embedding; MTL-UE only)")
+    p.add_argument("--protect-fraction", type=float, default=1.0,
+                   help="protect this fraction of the images, drawn with --seed (the rest are copied unchanged); "
+                        "labels.csv gets a 'protected' column when < 1 (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=256, help="images per generator batch")
     add_out_arg(p, "output folder (must not be inside the source)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
@@ -42,8 +48,11 @@ def run(args) -> int:
     from ..unlearnable import MTLUEGenerator
     from ..unlearnable.cli_common import load_split
     from ..unlearnable.patterns import ClasswisePatterns
-    from ..unlearnable.protect import generator_protector, pattern_protector, protect_images, write_protected
+    from ..unlearnable.protect import (fraction_protector, generator_protector, pattern_protector, protect_images,
+                                       protected_subset, write_protected)
 
+    if not 0.0 < args.protect_fraction <= 1.0:
+        raise SystemExit(f"--protect-fraction must be in (0, 1], got {args.protect_fraction}")
     ds = load_split(args, args.split, args.subset)
     x0, _ = ds[0]
     if args.generator:
@@ -70,6 +79,10 @@ def run(args) -> int:
         prot = pattern_protector(ClasswisePatterns(ds.tasks, kind=kind, fusion=fusion, in_channels=int(x0.shape[0]),
                                                    image_size=tuple(x0.shape[1:]), seed=args.seed))
         eps = None
+    mask = None
+    if args.protect_fraction < 1.0:
+        mask = protected_subset(len(ds), args.protect_fraction, args.seed)
+        prot = fraction_protector(prot, mask)
     images = protect_images(ds, prot, eps, batch_size=args.batch_size, progress=not args.no_progress)
     try:
         out = write_protected(ds, images, args.out, overwrite=args.overwrite, progress=not args.no_progress,
@@ -77,8 +90,28 @@ def run(args) -> int:
     except (ValueError, FileExistsError) as e:
         raise SystemExit(f"poison: {e}") from None
     kept = keep_source_columns(ds, Path(out))
-    print(json.dumps({"out": str(out), "images": len(images), "eps_checked": eps, "columns_kept": kept}, indent=2))
+    if mask is not None:
+        add_column(Path(out), "protected", [int(v) for v in mask])
+    print(json.dumps({"out": str(out), "images": len(images), "eps_checked": eps, "columns_kept": kept,
+                      "protected": int(mask.sum()) if mask is not None else len(images),
+                      "protect_fraction": args.protect_fraction}, indent=2))
     return 0
+
+
+def add_column(out: Path, name: str, values) -> None:
+    """Append column ``name`` (one value per data row, in order) to ``out/labels.csv``; rewritten atomically."""
+    from mtlguard.atomic import atomic_write_text
+
+    with open(out / "labels.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if len(rows) - 1 != len(values):
+        raise ValueError(f"{out / 'labels.csv'}: {len(rows) - 1} rows for {len(values)} values of {name!r}")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(rows[0] + [name])
+    for row, v in zip(rows[1:], values):
+        w.writerow(row + [v])
+    atomic_write_text(out / "labels.csv", buf.getvalue())
 
 
 def _source_table(ds):

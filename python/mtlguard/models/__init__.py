@@ -9,8 +9,8 @@ from .factory import build_model, build_model_from_config, load_model, save_mode
 from .hps import DenseHead, HPSModel
 from .losses import multi_task_losses, task_loss
 from .mtl_archs import (MTL_ARCHS, BranchedModel, CrossStitchModel, MTANModel, canonical_mtl, parse_branched,
-                        split_arch)
+                        split_arch, split_arch_list)
 
 __all__ = ["ARCHS", "MTL_ARCHS", "HPSModel", "MTANModel", "CrossStitchModel", "BranchedModel", "DenseHead",
            "build_backbone", "build_model", "build_model_from_config", "load_model", "save_model", "task_loss",
-           "multi_task_losses", "canonical_mtl", "parse_branched", "split_arch"]
+           "multi_task_losses", "canonical_mtl", "parse_branched", "split_arch", "split_arch_list"]

@@ -77,6 +77,21 @@ def split_arch(arch: str, mtl: str | None = None) -> tuple[str, str]:
     return arch, canonical_mtl(mtl or "hps")
 
 
+def split_arch_list(text: str) -> list[str]:
+    """``"resnet18,small_cnn/branched:age+gender@3,race@1,vgg11/mtan"`` -> ``["resnet18",
+    "small_cnn/branched:age+gender@3,race@1", "vgg11/mtan"]``: a comma list of ``ARCH[/MTL]`` where a branched
+    spec's own commas stay with it (an item ``<group>@<k>`` without ``/`` continues the previous branched spec)."""
+    out: list[str] = []
+    for tok in (t.strip() for t in str(text).split(",")):
+        if not tok:
+            continue
+        if out and "/" not in tok and "@" in tok and "branched:" in out[-1]:
+            out[-1] += "," + tok
+        else:
+            out.append(tok)
+    return out
+
+
 def parse_branched(spec: str, task_names: Sequence[str]) -> list[tuple[tuple[str, ...], int]]:
     """``"branched:age+gender@3,race@1"`` -> ``[(("age", "gender"), 3), (("race",), 1)]``.
 

@@ -14,7 +14,19 @@ Defenses (Table 12): ``none``, ``jpeg`` (quality 10), ``grayscale``, ``bdr`` (2 
 the protected training images; ``at`` trains the victims adversarially instead (Madry PGD-AT with the
 GB-MTA direction: :class:`mtlguard.attacks.FATPerturb` with ``tau = steps``, i.e. no early stop, L-inf
 ``at_eps``, ``at_steps`` steps of ``2.5 * at_eps / at_steps``; the paper has no AT table, this follows
-REM's question of whether AT recovers learnability).  Everything is cached under ``out_dir`` (protected images ``.npy``,
+REM's question of whether AT recovers learnability).
+
+Partial data protection (Table 9, after Huang et al. 2021): ``protect_fraction = r < 1`` protects a seeded
+fraction ``r`` of the training images (:func:`~mtlguard.unlearnable.protect.protected_subset`, seed = the
+config's) and leaves the rest clean; each protected row's victims train on ``P_r + T_(1-r)`` (row key
+``"<method> [P_r + T_1-r]"``) and a row ``"clean T_1-r only"`` trains them on the clean part alone.
+
+Transfer rows (Tables 5, 13-15): ``victim_archs`` (``ARCH`` or ``ARCH/MTL``, e.g. ``resnet18/mtan``,
+``resnet18/cross_stitch``, ``resnet101``) and ``victim_weightings`` (``uw``, ``rlw``, ``aligned_mtl``, ...)
+add, for every method row without a defense (``clean`` included, the baseline of each victim), an MTL victim
+of that architecture (LS) or of the surrogate's architecture with that weighting; row keys
+``"<row> @ <arch>"`` / ``"<row> @ <arch>:<weighting>"``, each with ``"clean_key"`` naming its clean baseline.
+Everything is cached under ``out_dir`` (protected images ``.npy``,
 generators, victim checkpoints) so an interrupted run resumes.
 """
 from __future__ import annotations
@@ -72,6 +84,9 @@ class ProtectionConfig:
     tap_step_size: float = 0.064 / 255
     at_eps: float = 4 / 255          # victims' adversarial training (defense "at")
     at_steps: int = 5
+    protect_fraction: float = 1.0    # partial data protection: share r of the training images protected (Table 9)
+    victim_archs: Sequence[str] = ()       # transfer rows: victim architectures "ARCH" / "ARCH/MTL" (Tables 5, 13, 15)
+    victim_weightings: Sequence[str] = ()  # transfer rows: victim weightings with the surrogate's arch (Tables 5, 14)
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -94,6 +109,17 @@ class ProtectionConfig:
         if "at" in self.defenses and not (0 < self.at_eps <= 1 and self.at_steps >= 1):
             raise ValueError(f"adversarial training needs 0 < at_eps <= 1 and at_steps >= 1, got "
                              f"at_eps={self.at_eps}, at_steps={self.at_steps}")
+        if not 0.0 < float(self.protect_fraction) <= 1.0:
+            raise ValueError(f"protect_fraction must be in (0, 1], got {self.protect_fraction}")
+        from ..models import ARCHS, split_arch
+        from ..weighting import build_weighting
+
+        for a in self.victim_archs:
+            arch, _ = split_arch(a)
+            if arch not in ARCHS:
+                raise ValueError(f"victim arch {a!r}: unknown architecture {arch!r}; expected one of {ARCHS}")
+        for w in self.victim_weightings:
+            build_weighting(w, ["a", "b"])  # raises ValueError naming the known weightings
 
 
 def _primary_metric(spec: TaskSpec) -> str:
@@ -129,7 +155,8 @@ class ProtectionBenchmark:
         self._check_work_dir()
 
     #: settings that do not change any cached artifact (rows, defenses and STL choice only pick what runs)
-    _NOT_CACHED = ("methods", "defenses", "stl", "stl_methods", "device", "progress")
+    _NOT_CACHED = ("methods", "defenses", "stl", "stl_methods", "device", "progress", "victim_archs",
+                   "victim_weightings")
     #: what folders recorded before a setting existed were made with, where that is not today's default
     _BEFORE_OPTION = {"gen_delta_units": LEGACY_DELTA_UNITS}
 
@@ -248,8 +275,16 @@ class ProtectionBenchmark:
             protect = method.split(":")[1].split("+") if ":" in method else None
             arr = protect_images(self.train_set, generator_protector(gen, protect, cfg.device), eps, desc=method,
                                  progress=cfg.progress)
+        if base != "clean" and cfg.protect_fraction < 1.0:  # P_r + T_(1-r): the unselected images stay clean
+            arr = np.where(self.protected_mask()[:, None, None, None], arr, self.protected_images("clean"))
         atomic_save_npy(cache, arr)
         return arr
+
+    def protected_mask(self) -> np.ndarray:
+        """bool ``[N]``: the training images a method protects (all unless ``protect_fraction < 1``)."""
+        from .protect import protected_subset
+
+        return protected_subset(len(self.train_set), self.cfg.protect_fraction, self.cfg.seed)
 
     # --- victims ---------------------------------------------------------------------------------
     def adversarial_perturb(self, tasks: Sequence[TaskSpec]):
@@ -261,7 +296,8 @@ class ProtectionBenchmark:
                           tau=cfg.at_steps, aggregation="gbmta")
 
     def train_victim(self, train_ds: Dataset, tasks: Sequence[TaskSpec], out_dir: Path,
-                     adversarial: bool = False) -> dict:
+                     adversarial: bool = False, arch: str | None = None, weighting: str = "ls") -> dict:
+        """Train one victim (``arch``: ``ARCH`` or ``ARCH/MTL``, default the surrogate's) on ``train_ds``."""
         from ..models import build_model
         from ..training import train
 
@@ -269,8 +305,8 @@ class ProtectionBenchmark:
         if result_path.is_file():
             return json.loads(result_path.read_text())
         torch.manual_seed(self.cfg.seed)
-        model = build_model(tasks, arch=self.cfg.arch, in_channels=self.channels, image_size=self.size[0])
-        res = train(model, tasks, train_ds, self.test_set, weighting="ls", epochs=self.cfg.victim_epochs,
+        model = build_model(tasks, arch=arch or self.cfg.arch, in_channels=self.channels, image_size=self.size[0])
+        res = train(model, tasks, train_ds, self.test_set, weighting=weighting, epochs=self.cfg.victim_epochs,
                     lr=self.cfg.victim_lr, batch_size=self.cfg.victim_batch_size, out_dir=out_dir, seed=self.cfg.seed,
                     device=self.cfg.device, resume=True, progress=self.cfg.progress, eval_every=self.cfg.victim_epochs,
                     perturb=self.adversarial_perturb(tasks) if adversarial else None)
@@ -295,6 +331,12 @@ class ProtectionBenchmark:
                          "tasks": [t.name for t in self.tasks], "image_size": list(self.size),
                          "train_size": len(self.train_set), "test_size": len(self.test_set),
                          "majority": majority_rates(self.test_set, self.tasks), "rows": {}}
+        partial = cfg.protect_fraction < 1.0
+        r_txt = f"{cfg.protect_fraction:g}"
+        r_rest = f"{1 - cfg.protect_fraction:.6g}"
+        if partial:
+            results["protect_fraction"] = cfg.protect_fraction
+            results["protected_images"] = int(self.protected_mask().sum())
         for method in cfg.methods:
             t0 = time.time()
             arr = self.protected_images(method)
@@ -303,6 +345,8 @@ class ProtectionBenchmark:
             for defense in cfg.defenses:
                 key = (method if defense == "none" else
                        f"{method} + AT-{cfg.at_eps * 255:g}" if defense == "at" else f"{method} + ISS-{defense}")
+                if partial and method != "clean":
+                    key = key.replace(method, f"{method} [P_{r_txt} + T_{r_rest}]", 1)
                 adversarial = defense == "at"
                 ds = ProtectedDataset(self.train_set, arr if adversarial else DEFENSES[defense](arr))
                 vdir = self.out / "victims" / key.replace(" ", "").replace(":", "_").replace("+", "_")
@@ -318,7 +362,47 @@ class ProtectionBenchmark:
                 row["seconds"] = round(time.time() - t0, 1)
                 results["rows"][key] = row
                 atomic_write_text(self.out / "results_partial.json", json.dumps(results, indent=2))
+                if defense == "none":
+                    self._transfer_rows(results, key, ds, vdir)
+            if partial and method == "clean":
+                self._clean_part_row(results, r_rest)
         return results
+
+    def _clean_part_row(self, results: dict, r_rest: str) -> None:
+        """Table 9's comparison: victims trained on the clean part ``T_(1-r)`` alone."""
+        from torch.utils.data import Subset
+
+        keep = np.flatnonzero(~self.protected_mask())
+        if len(keep) == 0:
+            return
+        sub = Subset(ProtectedDataset(self.train_set, self.protected_images("clean")), keep.tolist())
+        sub.tasks = self.tasks  # type: ignore[attr-defined]
+        key = f"clean T_{r_rest} only"
+        vdir = self.out / "victims" / f"clean_T{r_rest}_only"
+        row = {"method": "clean", "defense": "none", "images": int(len(keep)), "linf_uint8": 0, "l2_mean": 0.0,
+               "mtl": self.train_victim(sub, self.tasks, vdir / "mtl")}
+        if self.cfg.stl and (self.cfg.stl_methods is None or "clean" in self.cfg.stl_methods):
+            row["stl"] = {}
+            for t in self.tasks:
+                row["stl"].update(self.train_victim(sub, (t,), vdir / f"stl-{t.name}"))
+        results["rows"][key] = row
+        atomic_write_text(self.out / "results_partial.json", json.dumps(results, indent=2))
+
+    def _transfer_rows(self, results: dict, key: str, ds: Dataset, vdir: Path) -> None:
+        """MTL victims of other architectures / weightings on the same training set (Tables 5, 13-15)."""
+        cfg = self.cfg
+        clean_key = "clean"
+        victims = [(a, "ls", f"{key} @ {a}", f"{clean_key} @ {a}") for a in cfg.victim_archs]
+        victims += [(cfg.arch, w, f"{key} @ {cfg.arch}:{w}", f"{clean_key} @ {cfg.arch}:{w}") for w in cfg.victim_weightings]
+        base = results["rows"][key]
+        for arch, weighting, tkey, ckey in victims:
+            safe = f"{arch}_{weighting}".replace("/", "_").replace(":", "_").replace(",", "_").replace("+", "-").replace("@", "at")
+            row = {"method": base["method"], "defense": "none", "linf_uint8": base["linf_uint8"],
+                   "l2_mean": base["l2_mean"], "victim_arch": arch, "victim_weighting": weighting,
+                   "clean_key": ckey if not tkey.startswith("clean @") else None,
+                   "mtl": self.train_victim(ds, self.tasks, vdir / f"transfer-{safe}", arch=arch, weighting=weighting)}
+            results["rows"][tkey] = row
+            atomic_write_text(self.out / "results_partial.json", json.dumps(results, indent=2))
 
 
 # --- reports -------------------------------------------------------------------------------------------

@@ -53,6 +53,33 @@ def generator_protector(gen: MTLUEGenerator, protect_tasks: Sequence[str] | None
     return run
 
 
+def protected_subset(n: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """Partial data protection (MTL-UE Table 9, after Huang et al. 2021): a bool mask ``[n]`` selecting
+    ``round(fraction * n)`` items by a permutation seeded with ``seed`` -- the images ``P_r`` to protect; the
+    others stay clean (``T_{1-r}``)."""
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"protect fraction must be in (0, 1], got {fraction}")
+    mask = np.zeros(int(n), dtype=bool)
+    k = int(round(fraction * n))
+    order = torch.randperm(int(n), generator=torch.Generator().manual_seed(int(seed))).numpy()
+    mask[order[:k]] = True
+    return mask
+
+
+def fraction_protector(protector: Protector, mask: np.ndarray) -> Protector:
+    """``protector`` on the items selected by ``mask`` (:func:`protected_subset`); zero perturbation (the clean
+    image, exactly) elsewhere."""
+    keep = torch.from_numpy(np.asarray(mask, dtype=bool))
+
+    def run(x, targets, idx):
+        delta = protector(x, targets, idx)
+        sel = keep[idx.cpu()].to(delta.device).reshape((-1,) + (1,) * (delta.dim() - 1))
+        return torch.where(sel, delta, torch.zeros_like(delta))
+
+    return run
+
+
 def pattern_protector(patterns: ClasswisePatterns) -> Protector:
     """Class-wise LSP / AR perturbations."""
 
