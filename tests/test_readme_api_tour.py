@@ -1,9 +1,9 @@
 """The README's Python API tour runs as written (scaled down: 64 images, 1 epoch)."""
 import torch
 
-from mtlguard.attacks import PGD
+from mtlguard.attacks import PGD, AutoSAGE, MultiTaskAutoAttack
 from mtlguard.data import UTKFace
-from mtlguard.metrics import evaluate
+from mtlguard.metrics import adversarial_vulnerability, evaluate
 from mtlguard.models import build_model
 from mtlguard.training import load_model, train
 from mtlguard.unlearnable import MTLUEGenerator
@@ -30,3 +30,16 @@ def test_api_tour(utkface_root, tmp_path):
     gen = MTLUEGenerator(train_set.tasks, in_channels=3, image_size=(32, 32), eps=8 / 255)
     protected, delta = gen(x, test_set.labels_tensor()[: len(x)])
     assert protected.shape == x.shape and delta.abs().max() <= 8 / 255 + 1e-6
+
+    # other victim architectures, Auto-SAGE, the AutoAttack-style ensemble, Def. 1 (scaled down)
+    from mtlguard.models import BranchedModel, MTANModel
+
+    mtan = build_model(train_set.tasks, arch="resnet18", image_size=32, mtl="mtan")
+    tree = build_model(train_set.tasks, arch="resnet18", image_size=32, mtl="branched:age+gender@3,race@1")
+    assert isinstance(mtan, MTANModel) and isinstance(tree, BranchedModel)
+    xs, ys = x[:4], {k: v[:4] for k, v in y.items()}
+    x_sage = AutoSAGE(model, train_set.tasks, eps=8 / 255, steps=2, aggregation="gbmta")(xs, ys)
+    x_auto = MultiTaskAutoAttack(model, train_set.tasks, eps=8 / 255, steps=2, n_queries=3)(xs, ys)
+    for xa in (x_sage, x_auto):
+        assert (xa - xs).abs().max() <= 8 / 255 + 1e-6
+    assert adversarial_vulnerability(model, train_set.tasks, [(xs, ys)], eps=8 / 255) > 0
