@@ -8,13 +8,23 @@ puts the model in eval mode with frozen parameters, runs :meth:`Attack.perturb`,
 model's train/eval mode and ``requires_grad`` flags, even when the attack raises.
 
 Per-sample task losses come from :func:`mtlguard.models.losses.task_loss` (``reduction="none"``);
-per-task input gradients from one ``torch.autograd.grad`` per task on the sum of that task's
-per-sample losses (samples are independent in eval mode, so this is each sample's own gradient).
+per-task input gradients are the gradients of the sum of each task's per-sample losses (samples are
+independent in eval mode, so this is each sample's own gradient).  All T of them come from ONE batched
+backward pass (``torch.autograd.grad(..., is_grads_batched=True)`` over one-hot ``grad_outputs``: autograd
+vmaps the backward graph over the T tasks) as one [T, B, ...] tensor that
+:func:`mtlguard.ops.balanced_sign` reads in place; the result equals T separate backward passes.  Where a
+model's backward cannot be batched (an op without a vmap batching rule, which would also fall back to a slow
+per-task loop inside vmap; a BatchNorm left in train mode; an autograd.Function without vmap support), the
+attack falls back to one ``torch.autograd.grad`` per task and records why in
+:attr:`Attack.batched_grads_reason`.  ``batched_grads="auto"`` (default) batches on CUDA and loops on the CPU:
+there the batched pass does the same arithmetic in compute-bound convolutions and measured no faster
+(bench/results/attacks_cpu.json: 0.9-1.05x on ResNet-18 HPS, 2 cores); ``True`` / ``False`` force either path.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -70,6 +80,15 @@ def eval_mode_frozen(model: nn.Module):
             p.requires_grad_(flag)
 
 
+def _unbatchable_reason(model: nn.Module) -> str | None:
+    """Why ``model``'s backward should not be vmapped over tasks (None: try it)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            return (f"BatchNorm {name or type(m).__name__} is in train mode (its batch statistics couple the "
+                    "samples; eval_mode_frozen was overridden)")
+    return None
+
+
 def l2_norm(v: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norm, shape [B, 1, ..., 1] (broadcastable to ``v``)."""
     return v.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (v.dim() - 1))
@@ -109,6 +128,11 @@ class Attack:
             target is ``(label + 1) mod C`` (``binary``: the other class).
         seed: seed of the attack's own RNG (random starts); ``None`` uses torch's global RNG.
         record_history: keep a per-iteration log in ``self.history`` (for tests and plots).
+        batched_grads: ``True``: the T per-task input gradients from one batched backward pass (see the module
+            docstring); ``False``: one backward pass per task; ``"auto"`` (default): batched for CUDA inputs, the
+            loop on the CPU (measured no faster there).  After the first gradient computation,
+            :attr:`batched_grads_used` says which ran and :attr:`batched_grads_reason` why the loop was used
+            (None when batched).
     """
 
     name = "Attack"
@@ -125,6 +149,7 @@ class Attack:
         targeted: bool = False,
         seed: int | None = None,
         record_history: bool = False,
+        batched_grads: bool | str = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -146,6 +171,12 @@ class Attack:
         self.record_history = bool(record_history)
         self.history: list[dict[str, Any]] = []
         self._gen: torch.Generator | None = None
+        if batched_grads not in (True, False, "auto"):
+            raise ValueError(f"batched_grads must be True, False or 'auto', got {batched_grads!r}")
+        self.batched_grads = batched_grads
+        self.batched_grads_used: bool | None = None
+        self.batched_grads_reason: str | None = None if batched_grads else "disabled (batched_grads=False)"
+        self._batched_ok: bool | None = None if batched_grads else False
 
     # ---------------------------------------------------------------- public API
     @property
@@ -250,18 +281,66 @@ class Attack:
             return torch.stack([task_loss(s, out[s.name], y[s.name], "none").float() for s in self.aggregation.tasks])
 
     def losses_and_grads(self, x_adv: torch.Tensor, y: Mapping[str, torch.Tensor]):
-        """``(losses [T, B], [g_1, ..., g_T])``: per-sample losses and per-task input gradients of the
-        attack objective ``s * L_i`` (``s = -1`` for targeted attacks)."""
+        """``(losses [T, B], grads)``: per-sample losses and the per-task input gradients of the attack
+        objective ``s * L_i`` (``s = -1`` for targeted attacks).  ``grads`` is one [T, B, ...] tensor from a
+        single batched backward pass, or (fallback, see the module docstring) a list of T tensors [B, ...];
+        index, iterate or ``list()`` it alike."""
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             out = self._outputs(x_adv)
             per = [task_loss(s, out[s.name], y[s.name], "none") for s in self.aggregation.tasks]
-            grads = []
-            for i, l in enumerate(per):
-                g, = torch.autograd.grad(self._sign * l.sum(), x_adv, retain_graph=i < len(per) - 1,
-                                         allow_unused=True)
-                grads.append(torch.zeros_like(x_adv) if g is None else g.detach())
-        return torch.stack([l.detach().float() for l in per]), grads
+            losses = torch.stack([l.detach().float() for l in per])
+            batch = len(per) > 1 and self._batched_ok is not False
+            if batch and self.batched_grads == "auto" and x_adv.device.type != "cuda":
+                batch = False
+                self.batched_grads_reason = ("auto: one pass per task on the CPU (the batched pass measured no faster "
+                                             "there; batched_grads=True forces it)")
+            grads = self._batched_grads(per, x_adv) if batch else None
+            if grads is None:
+                grads = self._looped_grads(per, x_adv)
+        self.batched_grads_used = not isinstance(grads, list)
+        return losses, grads
+
+    def _looped_grads(self, per: list[torch.Tensor], x_adv: torch.Tensor) -> list[torch.Tensor]:
+        """One backward pass per task (the fallback)."""
+        grads = []
+        for i, l in enumerate(per):
+            g, = torch.autograd.grad(self._sign * l.sum(), x_adv, retain_graph=i < len(per) - 1, allow_unused=True)
+            grads.append(torch.zeros_like(x_adv) if g is None else g.detach())
+        return grads
+
+    def _batched_grads(self, per: list[torch.Tensor], x_adv: torch.Tensor) -> torch.Tensor | None:
+        """All T task gradients in one backward pass vmapped over one-hot ``grad_outputs`` (None: use the loop;
+        the first failure is recorded in :attr:`batched_grads_reason` and the loop is used from then on)."""
+        reason = _unbatchable_reason(self.model) if self._batched_ok is None else None
+        g = None
+        if reason is None:
+            first = self._batched_ok is None
+            totals = torch.stack([l.sum() for l in per])  # [T]
+            onehot = torch.eye(len(per), dtype=totals.dtype, device=totals.device) * self._sign
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    g, = torch.autograd.grad(totals, x_adv, grad_outputs=onehot, is_grads_batched=True,
+                                             retain_graph=first, allow_unused=True)
+                slow = [w for w in caught if "performance drop" in str(w.message) or "batching rule" in str(w.message)]
+                if slow:  # vmap ran a per-task loop inside an op: no faster than the plain loop
+                    reason = f"an op has no vmap batching rule ({str(slow[0].message).splitlines()[0][:200]})"
+                    g = None
+                for w in caught:
+                    if w not in slow:
+                        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            except (RuntimeError, NotImplementedError, TypeError) as e:
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                g = None
+        if reason is not None:
+            self._batched_ok = False
+            self.batched_grads_reason = reason
+            return None
+        self._batched_ok = True
+        self.batched_grads_reason = None
+        return torch.zeros((len(per),) + tuple(x_adv.shape), dtype=x_adv.dtype, device=x_adv.device) if g is None \
+            else g.detach()
 
     def begin(self, x: torch.Tensor, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Clean losses ``L_i(x_0)`` [T, B]; registers them with the aggregation (WGD, relative objective)."""
