@@ -122,14 +122,14 @@ def run(args) -> int:
     from .options import check_arch, check_data
 
     check_data(args.data)
-    check_arch(args.arch)
-    from ..models import canonical_mtl
+    from ..models import split_arch
     from ..weighting.ls import parse_task_weights
 
     try:
-        mtl = canonical_mtl(args.mtl)
+        args.arch, mtl = split_arch(args.arch, args.mtl)  # --arch resnet18/mtan is --arch resnet18 --mtl mtan
     except ValueError as e:
         raise SystemExit(f"--mtl: {e}") from None
+    check_arch(args.arch)
     task_weights = None
     if args.task_weights:
         if args.weighting.lower() not in ("ls", "ew", "equal"):
