@@ -51,8 +51,15 @@ def test_plan_has_a_clean_reference_for_every_run():
     assert sum(1 for j in jobs if j.method == "bundled" and j.victim.key == "resnet18@32" and j.defense == "standard"
                and j.output == "png") == 2  # two seeds
     assert jobs[0].victim.key == "resnet18@32" and jobs[0].seed == 0  # the defense victim first
+    assert not any(j.method == "lsp-patch" and j.victim.key == "vgg11@64" for j in jobs)  # zoo: headline only
+    assert any(j.method == "lsp-patch" and j.defense == "at" for j in jobs)  # every method behind every defense
+    zoo = plan_jobs(DeployConfig(methods=("clean", "bundled", "lsp-patch"), headline="lsp-patch", victims=("vgg11@64",),
+                                 defenses=("standard",)))
+    assert {j.method for j in zoo if j.victim.key == "vgg11@64"} == {"lsp-patch", "clean"}
     with pytest.raises(ValueError, match="unknown method"):
         DeployConfig(methods=("clean", "nope"))
+    with pytest.raises(ValueError, match="headline"):
+        DeployConfig(methods=("clean", "bundled"), headline="lsp-patch")
     with pytest.raises(ValueError, match="unknown defense"):
         DeployConfig(defenses=("standard", "jpeg"))
 

@@ -28,7 +28,7 @@ def deploy_config(args):
         recipe = VictimRecipe(epochs=args.victim_epochs, batch_size=args.victim_batch_size, lr=args.victim_lr,
                               crop_scale=(lo, hi), average_last=args.average_last, at_eps=args.at_eps / 255,
                               at_steps=args.at_steps)
-        return DeployConfig(methods=tuple(methods), victims=tuple(_split(args.victims)),
+        return DeployConfig(methods=tuple(methods), headline=args.headline, victims=tuple(_split(args.victims)),
                             defenses=tuple(_split(args.defenses) or DEFENSES), defense_victim=args.defense_victim,
                             jpeg_victims=tuple(_split(args.jpeg_victims)), jpeg_quality=args.jpeg_quality,
                             recipe=recipe, eps=args.eps / 255, seed=args.seed, progress=not args.no_progress)
@@ -126,7 +126,7 @@ def run_deploy(args) -> int:
     keys = {j.key for j in planned}
     results = {k: v for k, v in protocol.cached().items() if k in keys}
     tasks = [t.name for t in train_set.tasks]
-    config = {"methods": list(cfg.methods), "victims": list(cfg.victims), "defenses": list(cfg.defenses),
+    config = {"methods": list(cfg.methods), "headline": cfg.headline_method(), "victims": list(cfg.victims), "defenses": list(cfg.defenses),
               "defense_victim": cfg.defense_victim, "jpeg_victims": list(cfg.jpeg_victims),
               "jpeg_quality": cfg.jpeg_quality, "recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed,
               "device": args.device, "native_size": args.image_size, "train_size": len(train_set),

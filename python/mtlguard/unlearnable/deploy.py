@@ -13,7 +13,9 @@ way other people train (``mtlguard evaluate-protection --protocol deploy``).
    resized-crop + flip, trained ``recipe.epochs`` epochs, tested on clean native test images resized to
    their input size.
 3. **Defenses**: every method on ``defense_victim`` behind every defense; the clean reference is the
-   same victim recipe on the clean files behind the same defense.
+   same victim recipe on the clean files behind the same defense.  The ``headline`` method alone also
+   goes through the whole victim zoo (other architectures, sizes, weightings, STL, seeds) and the engine's
+   JPEG output.
 4. **Protection ratio** per task: ``PR = (acc_clean - acc_protected) / (acc_clean - acc_majority)``
    (:mod:`.deploy_report`).
 
@@ -52,6 +54,7 @@ class DeployConfig:
     """One deployment-protocol matrix (see the module docstring)."""
 
     methods: Sequence[str] = ("clean", "bundled")
+    headline: str | None = None     # the method run through the victim zoo (default: the first protected one)
     victims: Sequence[str] = DEFAULT_VICTIMS
     defenses: Sequence[str] = DEFENSES
     defense_victim: str = "resnet18@32"
@@ -70,11 +73,20 @@ class DeployConfig:
         for d in self.defenses:
             if d not in DEFENSES:
                 raise ValueError(f"unknown defense {d!r}; expected one of {DEFENSES}")
+        if self.headline is not None and self.headline not in self.methods:
+            raise ValueError(f"headline method {self.headline!r} is not among the methods {tuple(self.methods)}")
         self.victim_specs = [VictimSpec.parse(v) for v in self.victims]
         self.defense_spec = VictimSpec.parse(self.defense_victim)
         self.jpeg_specs = [VictimSpec.parse(v) for v in self.jpeg_victims]
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
+
+    def headline_method(self) -> str | None:
+        return self.headline or _first_protected(self.methods)
+
+
+def _first_protected(methods: Sequence[str]) -> str | None:
+    return next((m for m in methods if m != "clean"), None)
 
 
 @dataclass(frozen=True)
@@ -103,10 +115,16 @@ def method_label(method: str) -> str:
 
 
 def plan_jobs(cfg: DeployConfig) -> list[Job]:
-    """Every run the matrix needs (protected rows and their clean references), cheapest-first: seed 0 of the
-    defense victim, the other victims, the defenses, JPEG output, then the extra seeds."""
+    """Every run the matrix needs (protected rows and their clean references), most informative first.
+
+    Every method is trained on the defense victim behind every defense; the ``headline`` method (default: the
+    first protected method) also goes through the whole victim zoo, its seeds and the JPEG output.  Order:
+    the defense victim under standard training (all methods), the headline method behind each defense,
+    the headline method's other victims (seed 0), the other methods behind each defense, the JPEG output,
+    then the extra seeds -- so a run stopped early (``--time-budget``) has the most informative cells."""
     protected = [m for m in cfg.methods if m != "clean"]
-    generators = [m for m in protected if m not in IN_MEMORY]
+    head = cfg.headline_method()
+    others = [m for m in protected if m != head]
     jobs: list[Job] = []
 
     def add(method, output, defense, spec, seed):
@@ -115,21 +133,23 @@ def plan_jobs(cfg: DeployConfig) -> list[Job]:
             if j not in jobs:
                 jobs.append(j)
 
-    specs = [cfg.defense_spec] + [s for s in cfg.victim_specs if s.key != cfg.defense_spec.key]
-    for spec in specs:
-        for m in protected or ["clean"]:
-            add(m, "png", "standard", spec, 0)
-    for d in cfg.defenses:
-        if d != "standard":
-            for m in protected or ["clean"]:
-                add(m, "png", d, cfg.defense_spec, 0)
-    for spec in cfg.jpeg_specs:
-        for m in generators:
-            add(m, f"jpeg{cfg.jpeg_quality}", "standard", spec, 0)
+    defenses = [d for d in cfg.defenses if d != "standard"]
+    for m in protected or ["clean"]:
+        add(m, "png", "standard", cfg.defense_spec, 0)
+    for d in defenses:
+        add(head or "clean", "png", d, cfg.defense_spec, 0)
+    for spec in cfg.victim_specs:
+        if spec.key != cfg.defense_spec.key:
+            add(head or "clean", "png", "standard", spec, 0)
+    for d in defenses:
+        for m in others:
+            add(m, "png", d, cfg.defense_spec, 0)
+    if head is not None and head not in IN_MEMORY:
+        for spec in cfg.jpeg_specs:
+            add(head, f"jpeg{cfg.jpeg_quality}", "standard", spec, 0)
     for spec in cfg.victim_specs:
         for s in range(1, spec.seeds):
-            for m in protected or ["clean"]:
-                add(m, "png", "standard", spec, s)
+            add(head or "clean", "png", "standard", spec, s)
     return jobs
 
 
