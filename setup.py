@@ -150,6 +150,7 @@ setup(
         "numpy",
         "pillow",
         "simplejpeg",
+        "isal",  # ISA-L deflate: the engine's PNG writer for photo-size images (3x zlib's speed, measured)
         "tqdm",
         "onnx",
         "onnxscript",

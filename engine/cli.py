@@ -22,6 +22,7 @@ from mtlguard.cli.dispatch import command_parser, run_command
 
 from .imageio import (DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION, DEFAULT_PNG_STRATEGY, PNG_STRATEGIES,
                       check_png_compression)
+from .work import DEFAULT_PIXEL_BUDGET_MP
 
 PROG = "mtlguard-engine"
 
@@ -88,6 +89,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     _selection(p)
     _output(p)
     p.add_argument("--batch-size", type=int, default=32, help="images per inference batch")
+    p.add_argument("--pixel-budget", type=float, default=DEFAULT_PIXEL_BUDGET_MP, metavar="MP",
+                   help="megapixels of decoded images held at once (bounds memory with phone-size photos; a larger "
+                        "image is processed alone)")
     p.add_argument("--workers", type=int, default=None,
                    help="decode/encode threads; Ray: inference actors (default: all cores, at most 8)")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some files failed")
@@ -168,7 +172,8 @@ def _options(args):
         include=tuple(args.include or ()), exclude=tuple(args.exclude or ()),
         exclude_split=tuple(args.exclude_split or ()), format=args.format, quality=args.quality,
         png_compression=args.png_compression, png_strategy=args.png_strategy, keep_metadata=args.keep_metadata,
-        overwrite=args.overwrite, metrics=not args.no_metrics, batch_size=args.batch_size, workers=args.workers,
+        overwrite=args.overwrite, metrics=not args.no_metrics, batch_size=args.batch_size,
+        pixel_budget=args.pixel_budget, workers=args.workers,
         executor=args.executor, ray_address=args.ray_address, passthrough=args.passthrough,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=not args.no_progress)
 

@@ -20,6 +20,7 @@ Decoding rules (each image is protected at its native size):
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,11 @@ try:  # optional fast JPEG codec (installed with mtlguard's environment)
     import simplejpeg
 except ImportError:  # pragma: no cover
     simplejpeg = None
+
+try:  # optional ISA-L deflate (installed with mtlguard's environment): 3x faster than zlib at level 1
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover
+    isal_zlib = None
 
 #: Pillow's own limit (the decompression-bomb *error* threshold is twice this).
 DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
@@ -284,8 +290,67 @@ def encode(rgb: np.ndarray, fmt: str, alpha: np.ndarray | None = None, quality: 
         raise ValueError(f"unknown output format {fmt!r}")
     level = check_png_compression(png_compression)
     strategy = PNG_STRATEGIES[check_png_strategy(png_strategy)]
+    if not meta and rgb.shape[0] * rgb.shape[1] >= FAST_PNG_MIN_PIXELS:
+        return encode_png_fast(rgb, alpha, level, strategy)
     img.save(buf, format="PNG", compress_level=level, compress_type=strategy, **meta)
     return buf.getvalue()
+
+
+#: Images of at least this many pixels (without metadata to embed) are written by :func:`encode_png_fast`;
+#: smaller ones by Pillow (their bytes are unchanged from earlier versions).
+FAST_PNG_MIN_PIXELS = 1 << 20
+_PNG_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> gray, gray+alpha, RGB, RGBA
+_PNG_BLOCK_ROWS = 256
+
+
+def _png_deflater(level: int, strategy: int):
+    """A compressobj: ISA-L level 1 for the fast settings when python-isal is installed, else zlib."""
+    if isal_zlib is not None and 1 <= level <= 3 and strategy in (zlib.Z_RLE, zlib.Z_DEFAULT_STRATEGY):
+        return isal_zlib.compressobj(1)
+    return zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def encode_png_fast(rgb: np.ndarray, alpha: np.ndarray | None = None, level: int = DEFAULT_PNG_COMPRESSION,
+                    strategy: int = zlib.Z_RLE) -> bytes:
+    """Lossless 8-bit PNG of uint8 [H, W, C] (+ alpha [H, W]) for photo-size images, ~3x less CPU than Pillow's
+    encoder and without holding the GIL (numpy + zlib release it, so encode threads run in parallel).
+
+    Every row uses PNG filter 2 ("Up": the byte above is subtracted), then deflate in blocks of rows (bounded
+    extra memory): ISA-L (python-isal) at its level 1 for the fast settings (``level`` 1-3 with the ``rle`` or
+    ``default`` strategy), else zlib at ``level`` / ``strategy``.  Measured on a protected 12 MP photo (one core,
+    bench/results/engine_photos_cpu.json "encoders"): Up + ISA-L 13.3 MB in 0.10 CPU-s, Up + zlib RLE 12.8 MB in
+    0.28 s, Pillow (adaptive filters, zlib RLE) 12.0 MB in 0.80 s, imagecodecs/libpng 14.0 MB in 0.56 s, libvips
+    31.7 MB in 0.28 s.  Standard PNG: any reader decodes exactly ``rgb`` (tests compare Pillow's decode)."""
+    a = np.asarray(rgb, dtype=np.uint8)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if alpha is not None:
+        a = np.dstack([a, np.asarray(alpha, dtype=np.uint8)])
+    h, w, c = a.shape
+    if c not in _PNG_COLOR_TYPE:
+        raise ValueError(f"encode_png_fast: {c} channels")
+    rows = np.ascontiguousarray(a).reshape(h, w * c)
+    co = _png_deflater(int(level), int(strategy))
+    parts = []
+    buf = np.empty((min(h, _PNG_BLOCK_ROWS), 1 + w * c), dtype=np.uint8)
+    buf[:, 0] = 2  # filter type Up (on the first row "above" is zero: the row itself)
+    for r0 in range(0, h, _PNG_BLOCK_ROWS):
+        r1 = min(h, r0 + _PNG_BLOCK_ROWS)
+        blk = buf[: r1 - r0]
+        if r0 == 0:
+            blk[0, 1:] = rows[0]
+            np.subtract(rows[1:r1], rows[: r1 - 1], out=blk[1:, 1:])
+        else:
+            np.subtract(rows[r0:r1], rows[r0 - 1: r1 - 1], out=blk[:, 1:])
+        parts.append(co.compress(blk))
+    parts.append(co.flush())
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, _PNG_COLOR_TYPE[c], 0, 0, 0)
+    return b"".join([b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", b"".join(parts)),
+                     _png_chunk(b"IEND", b"")])
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -296,7 +361,15 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 arrays (inf when identical); the squared error is summed exactly in integers."""
-    d = (np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).ravel().astype(np.int64)
-    mse = float(np.dot(d, d)) / max(1, d.size)
+    """PSNR in dB between two uint8 arrays (inf when identical); the squared error is summed exactly in integers,
+    a block of rows at a time (bounded memory for photo-size images)."""
+    a, b = np.asarray(a), np.asarray(b)
+    size = a.size
+    rows = a.shape[0] if a.ndim else 1
+    step = max(1, (1 << 20) // max(1, size // max(1, rows)))
+    total = 0
+    for r0 in range(0, rows, step):
+        d = (a[r0: r0 + step].astype(np.int16) - b[r0: r0 + step].astype(np.int16)).ravel().astype(np.int64)
+        total += int(np.dot(d, d))
+    mse = float(total) / max(1, size)
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from .imageio import (DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION, DEFAULT_PNG_STRATEGY, check_png_compression,
                       check_png_strategy)
+from .work import DEFAULT_PIXEL_BUDGET_MP
 
 FORMATS = ("png", "jpeg", "webp", "same")
 EXECUTORS = ("local", "ray")
@@ -46,6 +47,10 @@ class EngineOptions:
             SSIM runs on <= ~256 px).
     Execution:
         batch_size, workers (decode/encode threads; Ray: inference actors; ``None``: all cores, at most 8),
+        pixel_budget (megapixels of decoded images held at once -- decode-ahead, batch and encode together -- so
+        the memory stays bounded whatever the image sizes: a batch is flushed before it would exceed it, and an
+        image larger than the whole budget is processed alone; default
+        :data:`~mtlguard.engine.work.DEFAULT_PIXEL_BUDGET_MP`; local executor),
         executor (``local`` | ``ray``), ray_address, passthrough (decode + encode only: the throughput
         floor), max_pixels (decompression-bomb limit), decoder (``auto`` | ``simplejpeg`` | ``pillow``),
         progress (show a progress bar).
@@ -70,6 +75,7 @@ class EngineOptions:
     overwrite: bool = False
     metrics: bool = True
     batch_size: int = 32
+    pixel_budget: float = DEFAULT_PIXEL_BUDGET_MP
     workers: int | None = None
     executor: str = "local"
     ray_address: str | None = None
@@ -99,6 +105,9 @@ class EngineOptions:
         if o.backend is not None:
             _choice("backend", o.backend, BACKEND_NAMES)
         _count("batch_size", o.batch_size)
+        if isinstance(o.pixel_budget, bool) or not isinstance(o.pixel_budget, (int, float)) or \
+                not 0 < float(o.pixel_budget) < float("inf"):
+            raise ValueError(f"pixel_budget must be a positive number of megapixels, got {o.pixel_budget!r}")
         _count("threads", o.threads)
         _count("max_pixels", o.max_pixels)
         if isinstance(o.quality, bool) or not isinstance(o.quality, int) or not 1 <= o.quality <= 100:

@@ -224,9 +224,11 @@ def plan(opts: EngineOptions, out_root: Path, output_dir, items: list[Item], fp:
 
 
 def work_spec(opts: EngineOptions, gen: Generator, in_root: Path, out_root: Path) -> WorkSpec:
+    # the torch backend on a GPU also applies the delta there (the fused apply_delta_u8's CUDA kernel)
+    apply_device = "cuda" if gen.backend_name == "torch" and opts.device == "cuda" else "cpu"
     return WorkSpec(in_root, out_root, gen.eps, tuple(gen.facts.image_size) if gen.facts else None, gen.channels,
                     opts.quality, opts.png_compression, opts.png_strategy, opts.keep_metadata, opts.max_pixels,
-                    opts.decoder, opts.metrics)
+                    opts.decoder, opts.metrics, apply_device)
 
 
 def make_executor(opts: EngineOptions, gen: Generator, spec: WorkSpec) -> Executor:
@@ -237,7 +239,8 @@ def make_executor(opts: EngineOptions, gen: Generator, spec: WorkSpec) -> Execut
                            opts.workers, opts.ray_address)
     from .local_executor import LocalExecutor
 
-    return LocalExecutor(spec, gen.backend, opts.batch_size, opts.workers, opts.progress, opts.device)
+    return LocalExecutor(spec, gen.backend, opts.batch_size, opts.workers, opts.progress, opts.device,
+                         pixel_budget=int(opts.pixel_budget * 1e6))
 
 
 def _meta(opts, gen: Generator, items: list[Item], journal: Journal, src: LabelSource | None, out_root: Path):

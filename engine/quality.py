@@ -49,6 +49,17 @@ def _reduce(y: np.ndarray, f: int) -> np.ndarray:
     return y[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32)
 
 
+def _luma_reduced(img: np.ndarray, f: int) -> np.ndarray:
+    """``_reduce(luma(img), f)`` a block of rows at a time: the same values with bounded memory for photo-size
+    images (luma of a whole 50 MP photo alone would take 200 MB, its float copy 600 MB)."""
+    a = np.asarray(img)
+    if f <= 1:
+        return _reduce(luma(a), f)
+    h = (a.shape[0] // f) * f
+    step = max(1, (1 << 20) // max(1, a.shape[1] * f)) * f
+    return np.concatenate([_reduce(luma(a[r0: min(h, r0 + step)]), f) for r0 in range(0, h, step)], axis=0)
+
+
 def _filter(a: np.ndarray) -> np.ndarray:
     """Separable Gaussian filter, 'valid' region."""
     k = len(_G)
@@ -67,7 +78,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
         raise ValueError(f"ssim: shapes differ: {a.shape} vs {b.shape}")
     f = max(1, round(min(a.shape[0], a.shape[1]) / 256))
-    x, y = _reduce(luma(a), f), _reduce(luma(b), f)
+    x, y = _luma_reduced(a, f), _luma_reduced(b, f)
     if min(x.shape) < _WINDOW:  # too small for the window: one global window
         x, y = x.reshape(1, -1), y.reshape(1, -1)
         mx, my = x.mean(), y.mean()

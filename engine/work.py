@@ -7,6 +7,8 @@ actors); they never import :mod:`mtlguard.engine.pipeline`.
 """
 from __future__ import annotations
 
+import io
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +51,93 @@ class WorkSpec:
     max_pixels: int = DEFAULT_MAX_PIXELS
     decoder: str = "auto"
     metrics: bool = True
+    apply_device: str = "cpu"  # where the fused apply_delta_u8 runs (cuda: the torch backend on a GPU)
 
 
-def decode_item(item: Item, spec: WorkSpec):
-    """``(decoded, model input float32 [C, h, w] or None)``; raises on a bad file."""
-    dec = decode_file(item.src, spec.channels, spec.max_pixels, spec.decoder, keep_color=spec.channels == 1,
-                      metadata=spec.keep_metadata)
+#: Default pixel budget (``EngineOptions.pixel_budget``): decoded megapixels held at once (decode-ahead, batch,
+#: encode).  Measured (bench/engine.py --photos, 2 cores, PNG): peak RSS <= 1.5 GB with 12 MP and 50 MP photos.
+DEFAULT_PIXEL_BUDGET_MP = 48.0
+
+
+class PixelBudget:
+    """Bounds the pixels of the decoded images a run holds at once.
+
+    Decode jobs take a ticket in submission order (:meth:`ticket`, driver thread) and, once they know their
+    image's size from its header, :meth:`acquire` it IN TICKET ORDER: a job waits until every earlier ticket has
+    acquired and the pixels fit (an image larger than the whole budget is admitted alone).  In-order admission
+    means every holder is either consumed by the driver before the waiting job's result or already being
+    encoded, so the run cannot deadlock as long as the driver flushes its partial batch when :attr:`blocked`
+    (the next job in order is waiting for pixels).  :meth:`release` returns pixels (an image's encode finished
+    or failed)."""
+
+    def __init__(self, limit_pixels: int):
+        self.limit = max(1, int(limit_pixels))
+        self.used = 0
+        self.peak = 0
+        self._next = 0
+        self._serving = 0
+        self._closed = False
+        self.blocked = False
+        self._cond = threading.Condition()
+
+    def ticket(self) -> int:
+        t = self._next
+        self._next += 1
+        return t
+
+    def acquire(self, ticket: int, pixels: int) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._serving == ticket:
+                    if self.used == 0 or self.used + pixels <= self.limit:
+                        break
+                    self.blocked = True
+                self._cond.wait(0.5)
+            self.blocked = False
+            self.used += pixels
+            self.peak = max(self.peak, self.used)
+            self._serving = max(self._serving, ticket + 1)
+            self._cond.notify_all()
+
+    def release(self, pixels: int) -> None:
+        if pixels:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wake every waiting job (shutdown: cancelled tickets never acquire)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def header_pixels(data: bytes) -> int:
+    """``width * height`` from an encoded image's header (0 when unreadable: the decode reports why)."""
+    try:
+        if data[:2] == b"\xff\xd8":
+            from .imageio import simplejpeg
+
+            if simplejpeg is not None:
+                h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+                return int(h) * int(w)
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.width) * int(img.height)
+    except Exception:  # noqa: BLE001 - corrupt / unknown: decode_item raises the reported error
+        return 0
+
+
+def decode_item(item: Item, spec: WorkSpec, data: bytes | None = None):
+    """``(decoded, model input float32 [C, h, w] or None)``; raises on a bad file.  ``data``: the file's bytes
+    when already read."""
+    if data is None:
+        dec = decode_file(item.src, spec.channels, spec.max_pixels, spec.decoder, keep_color=spec.channels == 1,
+                          metadata=spec.keep_metadata)
+    else:
+        dec = decode_bytes(data, spec.channels, spec.max_pixels, spec.decoder, keep_color=spec.channels == 1,
+                           metadata=spec.keep_metadata)
     x = model_input(dec.rgb, spec.size, spec.channels) if spec.size is not None else None
     return dec, x
 
@@ -72,6 +155,26 @@ def decode_job(item: Item, spec: WorkSpec):
         return item, dec, x, None, time.perf_counter() - t, time.thread_time() - c
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
         return item, None, None, failure_reason(e), time.perf_counter() - t, time.thread_time() - c
+
+
+def decode_job_budgeted(item: Item, spec: WorkSpec, budget: PixelBudget, ticket: int):
+    """:func:`decode_job` under a :class:`PixelBudget`: read the file, acquire its header's pixel count (in
+    ticket order), decode.  Returns ``(decode_job's tuple, pixels held)``; a failed decode holds none."""
+    t, c = time.perf_counter(), time.thread_time()
+    px = 0
+    try:
+        with open(item.src, "rb") as f:
+            data = f.read()
+        px = header_pixels(data)
+    except OSError:
+        data = None
+    budget.acquire(ticket, px)
+    try:
+        dec, x = decode_item(item, spec, data)
+        return (item, dec, x, None, time.perf_counter() - t, time.thread_time() - c), px
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the run
+        budget.release(px)
+        return (item, None, None, failure_reason(e), time.perf_counter() - t, time.thread_time() - c), 0
 
 
 def _notes(item: Item, dec, out: np.ndarray) -> list[str]:
@@ -111,7 +214,11 @@ def _finish_one(item: Item, dec, out: np.ndarray, max_abs: int, spec: WorkSpec) 
     return res
 
 
-def _apply(decs: list, deltas, eps: float) -> tuple[list, list[int], list[str | None]]:
+#: Same-size images up to this many pixels are stacked and protected in one call; larger ones one by one.
+_STACK_MAX_PIXELS = 1 << 20
+
+
+def _apply(decs: list, deltas, eps: float, device: str = "cpu") -> tuple[list, list[int], list[str | None]]:
     """Protected pixels, max |delta| and error per image; same-size images in one vectorized step."""
     n = len(decs)
     if deltas is None:
@@ -121,15 +228,18 @@ def _apply(decs: list, deltas, eps: float) -> tuple[list, list[int], list[str | 
     groups: dict[tuple, list[int]] = {}
     for i, d in enumerate(decs):
         groups.setdefault(d.rgb.shape, []).append(i)
-    for idx in groups.values():
-        try:
-            rgb = decs[idx[0]].rgb[None] if len(idx) == 1 else np.stack([decs[i].rgb for i in idx])
-            prot, mx = apply_delta_batch(rgb, np.asarray(deltas)[idx], eps)
-            for j, i in enumerate(idx):
-                outs[i], max_abs[i] = prot[j], int(mx[j])
-        except Exception as e:  # noqa: BLE001 - fail these files, keep going
-            for i in idx:
-                errors[i] = f"applying the perturbation failed: {type(e).__name__}: {e}"
+    for shape, idx in groups.items():
+        # photo-size images one at a time: stacking them would copy every image once more
+        runs = [idx] if shape[0] * shape[1] <= _STACK_MAX_PIXELS else [[i] for i in idx]
+        for run in runs:
+            try:
+                rgb = decs[run[0]].rgb[None] if len(run) == 1 else np.stack([decs[i].rgb for i in run])
+                prot, mx = apply_delta_batch(rgb, np.asarray(deltas)[run], eps, device)
+                for j, i in enumerate(run):
+                    outs[i], max_abs[i] = prot[j], int(mx[j])
+            except Exception as e:  # noqa: BLE001 - fail these files, keep going
+                for i in run:
+                    errors[i] = f"applying the perturbation failed: {type(e).__name__}: {e}"
     return outs, max_abs, errors
 
 
@@ -140,7 +250,7 @@ def process_chunk(items: list[Item], decs: list, deltas, spec: WorkSpec) -> list
     :func:`~mtlguard.engine.perturb.apply_delta_batch`; each image is then encoded and written on its own.
     ``deltas``: float32 [n, C, h, w] (or None: passthrough).  Returns ``(item, result, None)`` or
     ``(item, None, reason)`` per image, in order; one image's failure never fails the others."""
-    outs, max_abs, errors = _apply(decs, deltas, spec.eps)
+    outs, max_abs, errors = _apply(decs, deltas, spec.eps, spec.apply_device)
     results = []
     for i, item in enumerate(items):
         if errors[i] is not None:
