@@ -16,6 +16,12 @@ work); the JSON states that bound and whether the 0.8 x min(a, b) goal is reacha
 Also recorded: simplejpeg vs Pillow decode, and PNG size / encode time per zlib level and strategy
 on the protected images (the evidence for the engine's PNG defaults).
 
+``--photos`` (issue 15) measures phone-size photos instead: synthetic 12 MP (4000x3000) and 50 MP (8160x6120) JPEGs
+made from real UTKFace faces (upscaled, with sensor-like noise) in a temp dir, protected with the engine's
+DEFAULT options (PNG, PSNR/SSIM on) by this engine and by the engine of ``--baseline-rev`` (the engine before
+issue 15, extracted from git), each run in its own process: img/s, MP/s, output bytes per image, CPU s per image
+and peak RSS.  Goal: >= 3x the baseline's img/s on 12 MP photos on 2 cores, peak RSS <= 1.5 GB.
+
 Example (copies N real UTKFace images to a temp dir; never writes into the data folder)::
 
     python bench/engine.py --utkface ../shared/data/utkface --images 300 \\
@@ -216,7 +222,20 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="device of (b), (c) and (d) (cuda: onnxruntime needs onnxruntime-gpu; use --backend torch)")
     ap.add_argument("--out", default=None, help="default: bench/results/engine_<device>[_torch].json")
+    ap.add_argument("--photos", action="store_true",
+                    help="phone-size photos (12 MP and 50 MP) instead: this engine vs --baseline-rev, img/s, MP/s, "
+                         "bytes per image, peak RSS (default out: bench/results/engine_photos_<device>.json)")
+    ap.add_argument("--photos-12mp", type=int, default=16, help="--photos: number of 12 MP photos")
+    ap.add_argument("--photos-50mp", type=int, default=4, help="--photos: number of 50 MP photos")
+    ap.add_argument("--baseline-rev", default=BASELINE_REV,
+                    help="--photos: git revision of the engine compared against ('none': skip)")
+    ap.add_argument("--eval-path", default=None,
+                    help="--photos: a folder with extra packages (imagecodecs, pyvips) to compare encoders against")
+    ap.add_argument("--synthetic", type=int, default=0,
+                    help="use N synthetic 200x200 JPEG faces (UTKFace file names) instead of --utkface (GPU check)")
     args = ap.parse_args(argv)
+    if args.photos:
+        return photos_main(args, argv)
 
     from mtlguard.data.utkface import parse_utkface_name
     from mtlguard.engine import protect_directory
@@ -226,6 +245,12 @@ def main(argv=None) -> int:
     if args.out is None:
         args.out = f"bench/results/engine_{args.device}" + ("_torch" if args.backend == "torch" else "") + ".json"
 
+    if args.synthetic:
+        import atexit
+
+        synth = Path(tempfile.mkdtemp(prefix="mtlguard-synth-"))
+        atexit.register(shutil.rmtree, synth, True)
+        args.utkface = str(_synthetic_faces(synth, args.synthetic))
     src_all = sorted(p for p in (Path(args.utkface) / "images").iterdir() if parse_utkface_name(p.name))
     step = max(1, len(src_all) // args.images)
     picked = src_all[::step][: args.images]
@@ -345,7 +370,8 @@ def main(argv=None) -> int:
                    "loadavg_start": load0, "loadavg_end": _load(),
                    "note": "shared machine: other users' jobs ran alongside; see each run's loadavg and the CPU ms/img"},
         "versions": _versions(),
-        "data": {"dataset": "UTKFace (real)", "images": len(picked), "native_size": "200x200 JPEG",
+        "data": {"dataset": "synthetic faces (UTKFace names)" if args.synthetic else "UTKFace (real)",
+                 "images": len(picked), "native_size": "200x200 JPEG",
                  "selection": f"every {step}th valid name, sorted"},
         "generator": {"weights": weights, "image_size": list(gen.image_size), "eps": gen.eps, "backend": args.backend},
         "settings": {"batch_size": args.batch_size, "workers": rep_c["workers"],
@@ -362,6 +388,271 @@ def main(argv=None) -> int:
 
     atomic_write_text(args.out, json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ --photos
+
+#: The engine before issue 15 (count-based batches, numpy delta application, Pillow PNG encoder).
+BASELINE_REV = "66b5114802aa84ce2b397e0e2f8d7977d5629b18"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _synthetic_faces(root: Path, n: int) -> Path:
+    """``n`` 200x200 JPEGs with UTKFace names (smooth random colour fields + noise) under ``root/images``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        img = np.asarray(Image.fromarray(small).resize((200, 200), Image.Resampling.BICUBIC)).astype(np.int16)
+        img = np.clip(img + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
+        name = f"{rng.integers(1, 90)}_{rng.integers(0, 2)}_{rng.integers(0, 5)}_2017010{i % 10}{i:09d}.jpg.chip.jpg"
+        Image.fromarray(img).save(root / "images" / name, quality=90)
+    return root
+
+
+def _make_photo(face: np.ndarray, w: int, h: int, seed: int) -> bytes:
+    """A phone-like JPEG: a face upscaled to ``w x h`` with sensor-like noise (quality 90)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    a = np.asarray(Image.fromarray(face).resize((w, h), Image.Resampling.BICUBIC)).astype(np.float32)
+    noise = rng.normal(0, 3.0, (h // 2 + 1, w // 2 + 1, 3)).astype(np.float32)
+    a += np.repeat(np.repeat(noise, 2, 0), 2, 1)[:h, :w]
+    a += rng.normal(0, 1.5, a.shape).astype(np.float32)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _photo_set(dst: Path, faces: list[Path], count: int, w: int, h: int, distinct: int) -> list[Path]:
+    """``count`` photos (``distinct`` different ones, the rest copies under other UTKFace names)."""
+    from PIL import Image
+
+    dst.mkdir(parents=True, exist_ok=True)
+    blobs = [_make_photo(np.asarray(Image.open(faces[i]).convert("RGB")), w, h, i) for i in range(min(distinct, count))]
+    out = []
+    for i in range(count):
+        f = dst / faces[i % len(faces)].name.replace(".jpg.chip.jpg", f"{i:03d}.jpg.chip.jpg")
+        f.write_bytes(blobs[i % len(blobs)])
+        out.append(f)
+    return out
+
+
+_CHILD = r"""
+import importlib, json, os, sys, time
+def _hwm_mb():  # this process's peak RSS (VmHWM is per address space: not inherited through fork + exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return None
+cfg = json.loads(sys.argv[1])
+if cfg.get("pkg_root"):
+    sys.path.insert(0, cfg["pkg_root"])
+mod = importlib.import_module(cfg["module"])
+t, c = time.perf_counter(), time.process_time()
+rep = mod.protect_directory(cfg["input"], cfg["output"], model=cfg["model"], dataset="utkface", progress=False,
+                            **cfg["options"])
+wall, cpu = time.perf_counter() - t, time.process_time() - c
+sizes = [e.stat().st_size for e in os.scandir(cfg["output"]) if e.is_file() and e.name.endswith(".png")]
+print("RESULT " + json.dumps({"wall_s": wall, "cpu_s": cpu, "done": rep["done"], "failed": len(rep["failures"]),
+      "failures": [f["reason"] for f in rep["failures"][:2]], "bytes": sum(sizes), "files": len(sizes),
+      "peak_rss_mb": _hwm_mb(),
+      "stage_cpu_seconds": rep.get("stage_cpu_seconds"), "workers": rep.get("workers")}))
+"""
+
+
+def _encoders(photo: Path, eval_path: str | None) -> dict:
+    """Lossless encoders (and JPEG decoders) side by side on one protected 12 MP photo, one thread: CPU ms and MB;
+    imagecodecs / pyvips when importable (``--eval-path DIR``: a folder they were pip-installed into)."""
+    import zlib
+
+    import torch
+    from PIL import Image
+
+    from mtlguard import ops
+    from mtlguard.engine import imageio
+
+    if eval_path:
+        sys.path.insert(0, eval_path)
+    data = photo.read_bytes()
+    rgb = imageio.decode_bytes(data).rgb
+    g = torch.Generator().manual_seed(0)
+    d = torch.tanh(torch.randn(1, 3, 32, 32, generator=g)) * (8 / 255)
+    prot = ops.apply_delta_u8(torch.from_numpy(np.ascontiguousarray(rgb))[None], d, 8 / 255)[0].numpy()
+    rle = imageio.PNG_STRATEGIES["rle"]
+
+    def pillow_png():
+        b = io.BytesIO()
+        Image.fromarray(prot).save(b, format="PNG", compress_level=1, compress_type=rle)
+        return b.getvalue()
+
+    def up_zlib():
+        saved, imageio.isal_zlib = imageio.isal_zlib, None
+        try:
+            return imageio.encode_png_fast(prot, None, 1, rle)
+        finally:
+            imageio.isal_zlib = saved
+
+    cands = {"pillow PNG (adaptive filters, zlib level 1 RLE) [engine before]": pillow_png,
+             "Up filter + zlib level 1 RLE": up_zlib}
+    if imageio.isal_zlib is not None:
+        cands["Up filter + ISA-L level 1 (python-isal) [engine after]"] = \
+            lambda: imageio.encode_png_fast(prot, None, 1, rle)
+    cands["pillow lossless WebP (method 0)"] = lambda: (lambda b: (Image.fromarray(prot).save(
+        b, format="WEBP", lossless=True, quality=0, method=0), b.getvalue())[1])(io.BytesIO())
+    try:
+        import imagecodecs
+
+        cands[f"imagecodecs {imagecodecs.__version__} png_encode level 1"] = lambda: imagecodecs.png_encode(prot, level=1)
+    except ImportError:
+        pass
+    try:
+        import pyvips
+
+        vim = pyvips.Image.new_from_memory(prot.tobytes(), prot.shape[1], prot.shape[0], 3, "uchar")
+        cands[f"pyvips {pyvips.__version__} pngsave compression 1"] = lambda: vim.pngsave_buffer(compression=1)
+    except (ImportError, OSError):
+        pass
+    nthreads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {"photo": "4000x3000, protected (random 32x32 delta, eps 8/255)", "encoders": {}, "jpeg_decoders": {}}
+    try:
+        for name, fn in cands.items():
+            fn()
+            c = time.process_time()
+            blob = fn()
+            cpu = time.process_time() - c
+            back = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+            out["encoders"][name] = {"cpu_ms": round(cpu * 1e3, 1), "mb": round(len(blob) / 1e6, 2),
+                                     "lossless": bool(np.array_equal(back, prot))}
+        decs = {"simplejpeg (libjpeg-turbo) [engine]": lambda: imageio.decode_bytes(data).rgb,
+                "pillow": lambda: np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))}
+        try:
+            import imagecodecs
+
+            decs["imagecodecs jpeg8_decode"] = lambda: imagecodecs.jpeg8_decode(data)
+        except ImportError:
+            pass
+        for name, fn in decs.items():
+            fn()
+            c = time.process_time()
+            fn()
+            out["jpeg_decoders"][name] = {"cpu_ms": round((time.process_time() - c) * 1e3, 1)}
+    finally:
+        torch.set_num_threads(nthreads)
+    _ = zlib
+    return out
+
+
+def _extract_engine(rev: str, dst: Path) -> str:
+    """The ``engine/`` package of git revision ``rev`` as importable package ``mtlguard_engine_<rev[:7]>``."""
+    import subprocess
+
+    name = f"mtlguard_engine_{rev[:7]}"
+    pkg = dst / name
+    pkg.mkdir(parents=True)
+    files = subprocess.run(["git", "ls-tree", "--name-only", rev, "engine/"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if f.endswith(".py"):
+            data = subprocess.run(["git", "show", f"{rev}:{f}"], cwd=ROOT, capture_output=True, check=True).stdout
+            (pkg / Path(f).name).write_bytes(data)
+    return name
+
+
+def _run_child(module: str, pkg_root: str | None, inp: Path, out: Path, model: Path, options: dict) -> dict:
+    import subprocess
+
+    cfg = {"module": module, "pkg_root": pkg_root, "input": str(inp), "output": str(out), "model": str(model),
+           "options": options}
+    r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg)], capture_output=True, text=True, timeout=3600)
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    if r.returncode != 0 or not line:
+        raise RuntimeError(f"{module} failed (rc {r.returncode}): {r.stderr[-2000:]}")
+    res = json.loads(line[-1][7:])
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def photos_main(args, argv) -> int:
+    from mtlguard.data.utkface import parse_utkface_name
+    from mtlguard.engine.work import DEFAULT_PIXEL_BUDGET_MP
+    from mtlguard.export import export_onnx
+
+    out_path = args.out or f"bench/results/engine_photos_{args.device}.json"
+    faces = sorted(p for p in (Path(args.utkface) / "images").iterdir() if parse_utkface_name(p.name))[::997]
+    load0 = _load()
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="mtlguard-photos-") as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        sets = {"12MP": (_photo_set(tmp / "p12", faces, args.photos_12mp, 4000, 3000, 4), 12.0),
+                "50MP": (_photo_set(tmp / "p50", faces, args.photos_50mp, 8160, 6120, 2), 49.94)}
+        print(f"made the photos in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        gen, weights = _generator(args.checkpoint, args.image_size)
+        model = export_onnx(gen, tmp / "gen.onnx") if args.backend == "onnxruntime" else gen.save(tmp / "gen.safetensors")
+        base_mod = None
+        if args.baseline_rev != "none":
+            base_mod = _extract_engine(args.baseline_rev, tmp / "pkgs")
+        opts = {"backend": args.backend, "device": args.device}
+        runs = [("after", "mtlguard.engine", None, dict(opts))]
+        if base_mod:
+            runs.insert(0, ("before", base_mod, str(tmp / "pkgs"), dict(opts)))
+        runs.append(("after_no_metrics", "mtlguard.engine", None, dict(opts, metrics=False)))
+        results["encoders_12MP"] = _encoders(sets["12MP"][0][0], args.eval_path) if sets["12MP"][0] else None
+        for label, (files, mp) in sets.items():
+            if not files:
+                continue
+            inp = files[0].parent
+            for name, module, root, o in runs:
+                res = _run_child(module, root, inp, tmp / "out", model, o)
+                n = res["done"]
+                row = {"images": len(files), "megapixels_each": mp, "done": n, "failed": res["failed"],
+                       "img_per_s": round(n / res["wall_s"], 3), "mp_per_s": round(n * mp / res["wall_s"], 2),
+                       "wall_s": round(res["wall_s"], 2), "cpu_s_per_img": round(res["cpu_s"] / max(1, n), 3),
+                       "bytes_per_img": int(res["bytes"] / max(1, res["files"])),
+                       "input_bytes_per_img": int(sum(f.stat().st_size for f in files) / len(files)),
+                       "peak_rss_mb": round(res["peak_rss_mb"], 1), "loadavg": _load(),
+                       "stage_cpu_seconds": res["stage_cpu_seconds"], "workers": res["workers"]}
+                if res["failures"]:
+                    row["failures_first"] = res["failures"]
+                results.setdefault(label, {})[name] = row
+                print(f"{label} {name:18s} {row['img_per_s']:6.2f} img/s {row['mp_per_s']:7.1f} MP/s "
+                      f"{row['cpu_s_per_img']:6.2f} CPU-s/img {row['bytes_per_img'] / 1e6:6.2f} MB/img "
+                      f"peak RSS {row['peak_rss_mb']:7.0f} MB", file=sys.stderr, flush=True)
+    r12 = results.get("12MP", {})
+    ratio = (round(r12["after"]["img_per_s"] / r12["before"]["img_per_s"], 3)
+             if "before" in r12 and "after" in r12 else None)
+    peak = max((r["peak_rss_mb"] for k in ("after", "after_no_metrics") for v in results.values() if k in v
+                for r in [v[k]]), default=None)
+    report = {
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "device": {"kind": args.device, "cpu": _cpu_name(), "logical_cores": os.cpu_count(),
+                   "loadavg_start": load0, "loadavg_end": _load(),
+                   "note": "shared machine: other users' jobs (model training) ran alongside; see each run's loadavg"},
+        "versions": _versions(),
+        "data": "synthetic phone photos: real UTKFace faces upscaled (bicubic) to 4000x3000 / 8160x6120 with "
+                "sensor-like noise, JPEG quality 90 (4 / 2 distinct photos, the rest copies under other names)",
+        "generator": {"weights": weights, "image_size": list(gen.image_size), "backend": args.backend},
+        "options": "engine defaults (PNG level 1 RLE, PSNR/SSIM on, batch 32, workers = cores) + "
+                   f"after: pixel budget {DEFAULT_PIXEL_BUDGET_MP} MP; after_no_metrics: --no-metrics",
+        "baseline_rev": args.baseline_rev,
+        "results": results,
+        "ratio_after_over_before_img_per_s_12MP": ratio,
+        "goal_ratio_12MP": 3.0,
+        "goal_met": None if ratio is None else ratio >= 3.0,
+        "peak_rss_mb_after_max": peak,
+        "goal_peak_rss_mb": 1536,
+        "peak_rss_goal_met": None if peak is None else peak <= 1536,
+    }
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    from mtlguard.atomic import atomic_write_text
+
+    atomic_write_text(out_path, json.dumps(report, indent=1))
+    print(json.dumps({k: report[k] for k in ("ratio_after_over_before_img_per_s_12MP", "peak_rss_mb_after_max")}))
     return 0
 
 

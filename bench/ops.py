@@ -11,6 +11,11 @@ of it.  Writes JSON to bench/results/ops_<device>.json (atomically).
 
 Goals (issue 2): CPU fused/eager speed-up >= 2x for balanced_sign and pgd_step; on an H100 >= 70% of the
 measured copy bandwidth.
+
+``apply_delta_u8`` (issue 15): on the CPU its "eager" column is the engine's previous numpy path (numpy gathers
+with Pillow's bilinear taps, clip, add, rint, clip, astype; perturb.apply_delta_batch_numpy without the max-diff),
+on CUDA the pure-PyTorch reference on the GPU.  ``nan_fix`` (CPU): pgd_step / pgd_step_ with the NaN-propagating
+clamps against the previous std::max/std::min form (mtlguard._C._bench_legacy_clamp), interleaved in this run.
 """
 from __future__ import annotations
 
@@ -128,6 +133,29 @@ def _cases(quick: bool, device: str):
                    lambda mode=mode: ops.balanced_sign(grads, losses, mode),
                    lambda mode=mode: R.balanced_sign(grads, losses, mode), n * (4 * t + 1))
         del grads
+    # the engine's native-resolution step: UTKFace-size groups, a 12 MP photo, a luma delta
+    from mtlguard.engine import perturb
+
+    applies = [(32, 200, 200, 3, 32), (8, 200, 200, 3, 64), (1, 3000, 4000, 3, 32), (16, 200, 200, 1, 32)]
+    if device == "cuda":
+        applies += [(256, 200, 200, 3, 32), (8, 3000, 4000, 3, 64)]
+    if quick:
+        applies = [(4, 40, 30, 3, 16)]
+    for n, hh, ww, c, h in applies:
+        cd = 1 if c == 1 else 3
+        img = torch.randint(0, 256, (n, hh, ww, 3), generator=g, dtype=torch.uint8).to(device)
+        dl = ((torch.rand(n, cd, h, h, generator=g) - 0.5) * 0.1).to(device)
+        sizes = {"image": [n, hh, ww, 3], "delta": [n, cd, h, h], "dtype": "uint8/float32"}
+        nbytes = 2 * img.numel() + dl.numel() * 4
+        if device == "cpu":
+            img_np, dl_np = img.numpy(), dl.numpy()
+            eager = (lambda img_np=img_np, dl_np=dl_np: _numpy_apply(perturb, img_np, dl_np, 8 / 255))
+            label = "vs numpy gathers (engine before)"
+        else:
+            eager = (lambda img=img, dl=dl: R.apply_delta_u8(img, dl, 8 / 255))
+            label = "vs torch reference"
+        yield ("apply_delta_u8", label + (", luma delta" if cd == 1 and c == 1 else ""), sizes,
+               lambda img=img, dl=dl: ops.apply_delta_u8(img, dl, 8 / 255), eager, nbytes)
     # MTL-UE generator input at UTKFace scale: z [B, 64, 16, 16], 3 tasks (9/2/5 classes), E = 16
     for b in ([512, 64] if not quick else [8]):
         cz, e, h, w, classes = 64, 16, 16, 16, (9, 2, 5)
@@ -151,6 +179,54 @@ def _cases(quick: bool, device: str):
                 torch.autograd.grad(R.embed_concat(zz, tt, labels, offsets, (e, h, w)), (zz, tt), grad)
 
         yield ("embed_concat", "forward+backward", sizes, fused_bw, eager_bw, 4 * out_numel * 4)
+
+
+def _numpy_apply(perturb, rgb, delta, eps):
+    """The engine's numpy path without its max-diff step (what apply_delta_u8 replaces)."""
+    import numpy as np
+
+    n, h, w, c = rgb.shape
+    e = np.float32(eps * 255.0)
+    up = perturb.upsample_delta(delta, h, w, scale=255.0)
+    np.clip(up, -e, e, out=up)
+    if up.shape[3] != c:
+        up = np.repeat(up, c, axis=3)
+    up += rgb
+    np.rint(up, out=up)
+    np.clip(up, 0.0, 255.0, out=up)
+    return up.astype(np.uint8)
+
+
+def _nan_fix_timings(quick: bool, warmup: int, repeats: int) -> list[dict]:
+    """pgd_step / pgd_step_ (CPU) with the NaN-propagating clamps (after) and the previous form (before),
+    interleaved in this process (mtlguard._C._bench_legacy_clamp switches the kernel's clamp form)."""
+    try:
+        from mtlguard import _C
+        switch = _C._bench_legacy_clamp
+    except (ImportError, AttributeError):
+        return []
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for shape in ([(8, 3, 32, 32)] if quick else [(64, 3, 64, 64), (256, 3, 64, 64), (64, 3, 288, 384)]):
+        x = torch.rand(*shape, generator=g)
+        xa = (x + (torch.rand(*shape, generator=g) - 0.5) * 0.05).clamp(0, 1)
+        d = torch.sign(torch.rand(*shape, generator=g) - 0.5).to(torch.int8)
+        buf = xa.clone()
+        for op, fn in (("pgd_step", lambda: ops.pgd_step(xa, x, d, 2 / 255, 8 / 255)),
+                       ("pgd_step_", lambda: ops.pgd_step_(buf, x, d, 2 / 255, 8 / 255))):
+            before, after = [], []
+            for _ in range(3):  # interleave: a drifting load hits both forms alike
+                prev = switch(True)
+                try:
+                    before.append(_time_ms(fn, "cpu", warmup, repeats))
+                finally:
+                    switch(prev)
+                after.append(_time_ms(fn, "cpu", warmup, repeats))
+            b, a = statistics.median(before), statistics.median(after)
+            rows.append({"op": op, "shape": list(shape), "ms_before_std_minmax": round(b, 4),
+                         "ms_after_nan_propagating": round(a, 4), "after_over_before": round(a / b, 3)})
+            print(f"nan fix {op:10s} {str(shape):20s} before {b:8.3f} ms  after {a:8.3f} ms  x{a / b:5.2f}", flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,16 +268,24 @@ def main(argv: list[str] | None = None) -> int:
                   f"x{ms_e / ms_f:5.2f}" + (f"  {row['fraction_of_copy_bandwidth']:.0%} of copy BW" if bandwidth else ""),
                   flush=True)
     speedups = {}
-    for op in ("balanced_sign", "pgd_step", "pgd_step_", "project_linf", "embed_concat"):
+    for op in ("balanced_sign", "pgd_step", "pgd_step_", "project_linf", "embed_concat", "apply_delta_u8"):
         vals = [r["speedup"] for r in results if r["op"] == op]
         if vals:
             speedups[op] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
+    nan_fix = _nan_fix_timings(args.quick, args.warmup, repeats) if device == "cpu" else []
+    import numpy
+
     report = {
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "cpu_model": _cpu_model(),
         "threads": torch.get_num_threads(),
+        "machine_shared": ("yes: other jobs (model training) ran on the same cores; read noisy rows with loadavg"
+                           if device == "cpu" else None),
+        "loadavg_at_start": _LOAD0,
         "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],  # other jobs share the CPU: read noisy rows with it
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "mtlguard": mtlguard.__version__,
@@ -214,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_summary": speedups,
         "goals": {"cpu_speedup_balanced_sign_and_pgd_step": 2.0, "cuda_fraction_of_copy_bandwidth": 0.7},
         "results": results,
+        "nan_fix": nan_fix,
     }
     suffix = ("_quick" if args.quick else "") + (f"_{args.threads}thread" if args.threads else "")
     out = args.out or ROOT / "bench" / "results" / f"ops_{device}{suffix}.json"
@@ -224,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}")
     return 0
 
+
+_LOAD0 = [round(v, 2) for v in os.getloadavg()]
 
 if __name__ == "__main__":
     raise SystemExit(main())
