@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 
-#: the options a fitted row's generator depends on (recorded in the work folder, which refuses other values)
+#: the options a fitted row's generator depends on (recorded in its folder under generators/, which refuses others)
 FIT_OPTIONS = ("gen_size", "delta_channels", "eot", "eot_sizes", "eot_defenses", "adv_eps", "adv_steps", "joint",
                "reinit_every", "gen_epochs", "gen_batch_size", "gen_train_steps", "gen_delta_units", "arch",
                "surrogate_epochs", "surrogate_archs", "amp", "channels_last")
@@ -49,6 +49,7 @@ def fit_recipe_for(args, train_set, work: Path):
     def fit(method: str) -> Path:
         out = work / "generators" / method
         onnx = out / "generator.onnx"
+        _check_work(out, {"fit": {k: getattr(args, k) for k in FIT_OPTIONS}}, "fit_options.json")
         if onnx.is_file():
             return onnx
         cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
@@ -87,10 +88,12 @@ def _in_memory_benchmark(args, cfg, work: Path):
                                args.test_subset), pcfg, work / "in_memory")
 
 
-def _check_work(work: Path, fingerprint: dict) -> None:
+def _check_work(work: Path, fingerprint: dict, name: str = "deploy_config.json") -> None:
+    """Record ``fingerprint`` in ``work/name``, or refuse (one line) a folder recorded with other settings."""
     from ..atomic import atomic_write_text
 
-    path = work / "deploy_config.json"
+    fingerprint = json.loads(json.dumps(fingerprint))
+    path = work / name
     if path.is_file():
         old = json.loads(path.read_text())
         diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
@@ -115,9 +118,8 @@ def run_deploy(args) -> int:
     train_set = load_split(args, args.split, args.subset)
     test_set = load_split(args, args.test_split, args.test_subset)
     fingerprint = {"recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed, "native_size": args.image_size,
-                   "train": getattr(train_set, "_cache_name", None), "test": getattr(test_set, "_cache_name", None),
-                   "fit": {k: getattr(args, k) for k in FIT_OPTIONS}}
-    _check_work(work, json.loads(json.dumps(fingerprint)))
+                   "train": getattr(train_set, "_cache_name", None), "test": getattr(test_set, "_cache_name", None)}
+    _check_work(work, fingerprint)
     protocol = DeployProtocol(train_set, test_set, cfg, work, fit_options=fit_recipe_for(args, train_set, work),
                               in_memory=_in_memory_benchmark(args, cfg, work))
     deadline = time.time() + 60 * args.time_budget if args.time_budget else None
@@ -130,7 +132,7 @@ def run_deploy(args) -> int:
               "defense_victim": cfg.defense_victim, "jpeg_victims": list(cfg.jpeg_victims),
               "jpeg_quality": cfg.jpeg_quality, "recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed,
               "device": args.device, "native_size": args.image_size, "train_size": len(train_set),
-              "test_size": len(test_set), "fit": fingerprint["fit"]}
+              "test_size": len(test_set), "fit": {k: getattr(args, k) for k in FIT_OPTIONS}}
     paths = write_deploy_report(results, tasks=tasks, majority=majority_rates(test_set, train_set.tasks),
                                 config=config, stem=out / args.prefix, command=command_line(args),
                                 planned=len(planned), label=method_label, extra_md=args.note)
