@@ -171,3 +171,29 @@ def test_tap_state_excludes_the_frozen_surrogate_and_a_fit_can_be_extended(nativ
     assert [h["round"] for h in res.history] == [1, 2, 3]
     again = fit_generator(gen, native_utk, sur, _robust_cfg(base="tap", epochs=3), out_dir=tmp_path, progress=False)
     assert len(again.history) == 3  # finished: nothing re-run
+
+
+def test_adversarial_surrogate_recipe(native_utk, tmp_path):
+    """pgd_view stays in the eps ball and raises the loss; the recipe fine-tunes the clean surrogate with PGD-AT
+    and fits TAP through the robust one."""
+    from mtlguard.unlearnable.base_losses import em_loss
+    from mtlguard.unlearnable.recipes import GeneratorRecipe, fit_recipe
+    from mtlguard.unlearnable.surrogate import pgd_view
+
+    torch.manual_seed(0)
+    x, y = _batch(native_utk)
+    model = build_model(native_utk.tasks, arch="small_cnn", image_size=48).eval()
+    adv = pgd_view(model, native_utk.tasks, x, y, 4 / 255, 3)
+    assert (adv - x).abs().max() <= 4 / 255 + 1e-6
+    with torch.no_grad():
+        assert em_loss(native_utk.tasks, model(adv), y) > em_loss(native_utk.tasks, model(x), y)
+    recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16, delta_channels="luma",
+                             surrogate_archs=("small_cnn",), surrogate_epochs=1, sep_checkpoints=1,
+                             surrogate_adv_eps=4 / 255, surrogate_adv_epochs=1)
+    gen, res = fit_recipe(recipe, native_utk, tmp_path, progress=False)
+    assert res.rounds == 1
+    clean = torch.load(tmp_path / "clean_surrogate.pt", weights_only=True)["snapshots"][-1]
+    robust = torch.load(tmp_path / "robust_clean_surrogate.pt", weights_only=True)["snapshots"][-1]
+    assert any(not torch.equal(clean[k], robust[k]) for k in clean)  # fine-tuned
+    cfg = json.loads((tmp_path / "generator.json").read_text())
+    assert cfg["extra"]["recipe"]["surrogate_adv_eps"] == pytest.approx(4 / 255)

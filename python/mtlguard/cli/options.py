@@ -166,5 +166,9 @@ def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
                    help="bf16: autocast the fit's convolutions to bfloat16 (faster on CPUs with AVX512-BF16 and on "
                         "GPUs) (default: %(default)s)")
     p.add_argument("--channels-last", action="store_true", help="NHWC tensors in the fit (faster on CPU)")
+    p.add_argument("--surrogate-adv-eps", type=float, default=0.0,
+                   help="TAP/SEP: fine-tune the clean surrogates with PGD-AT at this L-inf radius (1/255 units; 0 = "
+                        "off), for perturbations that target adversarially trained victims (default: %(default)s)")
+    p.add_argument("--surrogate-adv-epochs", type=int, default=5, help="PGD-AT fine-tuning epochs (default: %(default)s)")
     p.add_argument("--reinit-every", type=int, default=0,
                    help="EM: re-initialize the surrogates every N rounds (0 = never) (default: %(default)s)")

@@ -34,6 +34,9 @@ class GeneratorRecipe:
     surrogate_archs: Sequence[str] = ("resnet18",)
     surrogate_epochs: int = 60
     sep_checkpoints: int = 15
+    surrogate_adv_eps: float = 0.0    # TAP/SEP: fine-tune the clean surrogates with PGD-AT at this L-inf radius
+    surrogate_adv_epochs: int = 5
+    surrogate_adv_steps: int = 5
 
     def __post_init__(self):
         self.surrogate_archs = tuple(self.surrogate_archs)
@@ -64,6 +67,24 @@ def _clean_snapshots(recipe: GeneratorRecipe, surrogate, train_set, out_dir: Pat
     return snaps
 
 
+def _robust_snapshots(recipe: GeneratorRecipe, surrogate, train_set, out_dir: Path, device, progress,
+                      name: str) -> list[dict]:
+    """The clean surrogate fine-tuned with PGD-AT (``surrogate_adv_*``): TAP through a robust model puts
+    robust target-class features into the perturbation (what an adversarially trained victim learns)."""
+    path = out_dir / name
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)["snapshots"]
+    eot = recipe.fit.eot
+    snaps = train_clean_surrogate(surrogate, train_set.tasks, train_set, epochs=recipe.surrogate_adv_epochs,
+                                  batch_size=recipe.fit.batch_size, seed=recipe.fit.seed + 1, device=device,
+                                  n_snapshots=1, augment=VictimView(eot) if eot is not None else True,
+                                  progress=progress,
+                                  adversarial=(recipe.surrogate_adv_eps, recipe.surrogate_adv_steps))
+    snaps = [{k: v.cpu() for k, v in s.items()} for s in snaps]
+    atomic_write(path, lambda tmp: torch.save({"snapshots": snaps}, tmp))
+    return snaps
+
+
 def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, device: str = "cpu",
                progress: bool = True, extra: dict | None = None) -> tuple[MTLUEGenerator, FitResult]:
     """Fit ``recipe`` on ``train_set`` (resuming ``out_dir``) and save ``out_dir/generator.safetensors``."""
@@ -84,6 +105,9 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
             name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{arch}.pt"
             arch_snaps = _clean_snapshots(recipe, sur, train_set, out, device, progress, name)
             sur.load_state_dict(arch_snaps[-1])
+            if recipe.surrogate_adv_eps > 0:
+                arch_snaps = _robust_snapshots(recipe, sur, train_set, out, device, progress, f"robust_{name}")
+                sur.load_state_dict(arch_snaps[-1])
             snaps = snaps or arch_snaps
     res = fit_generator(gen, train_set, surs, recipe.fit, snapshots=snaps if recipe.fit.base == "sep" else None,
                         out_dir=out, device=device, progress=progress)

@@ -63,18 +63,37 @@ def to_device(targets: Mapping[str, torch.Tensor], device) -> dict[str, torch.Te
     return {k: v.to(device) for k, v in targets.items()}
 
 
+def pgd_view(model: nn.Module, tasks: Sequence[TaskSpec], x: torch.Tensor, targets: Mapping[str, torch.Tensor],
+             eps: float, steps: int) -> torch.Tensor:
+    """Madry PGD on the summed task losses (L-inf ``eps``, ``steps`` steps of ``2.5 eps / steps``, random start,
+    eval-mode statistics): the adversarial batch an adversarially trained surrogate learns from."""
+    was_training = model.training
+    model.eval()
+    delta = torch.empty_like(x).uniform_(-eps, eps)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = em_loss(tasks, model((x + delta).clamp(0, 1)), targets)
+        (g,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + 2.5 * eps / steps * g.sign()).clamp(-eps, eps)
+    model.train(was_training)
+    return (x + delta).clamp(0, 1).detach()
+
+
 def train_step(model: nn.Module, tasks: Sequence[TaskSpec], optimizer: torch.optim.Optimizer, x: torch.Tensor,
                targets: Mapping[str, torch.Tensor], augment: bool | Callable = True, rng: torch.Generator | None = None,
-               grad_clip: float | None = 5.0) -> float:
+               grad_clip: float | None = 5.0, adversarial: tuple[float, int] | None = None) -> float:
     """One LS training step of ``model`` on ``(x, targets)`` (x already on the device).
 
     ``augment``: ``True`` = crop + flip (A.2), or a callable ``(x, rng) -> x`` (e.g. an EOT
-    :class:`mtlguard.unlearnable.eot.VictimView`), or ``False``."""
+    :class:`mtlguard.unlearnable.eot.VictimView`), or ``False``.  ``adversarial = (eps, steps)``: train on
+    :func:`pgd_view` of the augmented batch (PGD-AT)."""
     model.train()
     if callable(augment):
         x = augment(x, rng)
     elif augment:
         x = differentiable_augment(x, rng)
+    if adversarial is not None and adversarial[0] > 0:
+        x = pgd_view(model, tasks, x, targets, *adversarial)
     loss = em_loss(tasks, model(x), targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -86,10 +105,13 @@ def train_step(model: nn.Module, tasks: Sequence[TaskSpec], optimizer: torch.opt
 
 def train_clean_surrogate(model: nn.Module, tasks: Sequence[TaskSpec], dataset: Dataset, epochs: int = 10,
                           batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str | torch.device = "cpu",
-                          n_snapshots: int = 15, augment: bool | Callable = True, progress: bool = True) -> list[dict]:
+                          n_snapshots: int = 15, augment: bool | Callable = True, progress: bool = True,
+                          adversarial: tuple[float, int] | None = None) -> list[dict]:
     """Train ``model`` on clean data with Adam + MultiStepLR(0.6, 0.8 of training, gamma 0.1) (A.2)
     and return ``n_snapshots`` weight snapshots taken at evenly spaced steps (the last is the final
-    model).  The snapshots are SEP's checkpoint ensemble (15 for classification, 10 for dense, A.1)."""
+    model).  The snapshots are SEP's checkpoint ensemble (15 for classification, 10 for dense, A.1).
+    ``adversarial = (eps, steps)``: PGD-AT (every batch replaced by :func:`pgd_view`), e.g. to fine-tune a
+    clean surrogate into a robust one."""
     from tqdm.auto import tqdm
 
     model.to(device)
@@ -102,10 +124,12 @@ def train_clean_surrogate(model: nn.Module, tasks: Sequence[TaskSpec], dataset: 
     snapshots: list[dict] = []
     rng = torch.Generator().manual_seed(int(seed) + 7919)
     step = 0
-    bar = tqdm(total=total, desc="clean surrogate", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc="adversarial surrogate" if adversarial else "clean surrogate", disable=not progress,
+               leave=False)
     for epoch in range(epochs):
         for x, targets in make_loader(dataset, batch_size, seed + epoch):
-            loss = train_step(model, tasks, opt, x.to(device), to_device(targets, device), augment, rng)
+            loss = train_step(model, tasks, opt, x.to(device), to_device(targets, device), augment, rng,
+                              adversarial=adversarial)
             sched.step()
             step += 1
             bar.update(1)
