@@ -155,11 +155,15 @@ def _bound_note(rows: list[dict], device: str) -> str:
                      f"(x{b['backward_ratio']:.2f})")
     text = "; ".join(parts)
     if device == "cpu":
-        text = ("The batched pass does the same arithmetic as the T passes (the trunk's input-gradient for T "
-                "grad_outputs = T x the trunk's backward FLOPs; only per-call overhead and GEMM shape efficiency "
-                "can be won), and on a 2-core CPU ResNet-18's convolutions are compute-bound even at batch B, so "
-                "the backward share barely shrinks; an iteration = forward + backward, so the ratio is bounded by "
-                "(forward + loop backward) / (forward + batched backward).  " + text)
+        text = ("Goal missed on the CPU, bounded by arithmetic: exact per-task gradients need T input-gradient "
+                "passes through the shared trunk (T x its backward FLOPs) however they are batched -- one batched "
+                "pass can only save per-call overhead and GEMM-shape efficiency, and ResNet-18's convolutions are "
+                "already compute-bound at batch B on these cores.  vmap's convolution_backward batching rule also "
+                "adds work (torch.profiler, T=3 64px: 4 convolution_backward calls per convolution plus "
+                "aten::cat, ~8% of the pass), hence < 1x at 64 px.  An iteration = forward + backward, so the "
+                "ratio is (forward + loop backward) / (forward + batched backward).  The Attack default "
+                "(batched_grads='auto') therefore loops on the CPU and batches on CUDA, where T launches of small "
+                "kernels are what a batched pass saves (bench/gpu_check.sh measures it).  " + text)
     return text
 
 

@@ -14,8 +14,9 @@ Every keyword of :func:`protect_directory` is a field of :class:`EngineOptions` 
 recorded in ``report["options"]``).
 
 Throughput (bench/engine.py, bench/results/engine_cpu.json): decode (simplejpeg for plain JPEGs),
-inference and encode overlap in threads; the delta is applied to groups of same-size images at once
-(numpy gathers with Pillow's bilinear weights); PNG defaults to zlib level 1 with the RLE strategy,
+inference and encode overlap in threads, the decoded pixels held at once bounded by a pixel budget; the delta is
+applied to groups of same-size images at once (the fused ``mtlguard.ops.apply_delta_u8`` kernel, or numpy gathers
+with Pillow's bilinear weights without the extension: the same bytes); PNG defaults to zlib level 1 with the RLE strategy,
 measured on protected UTKFace images to give level-6 file size at level-1 speed
 (``--png-compression`` / ``--png-strategy``).  Where decode+encode and inference share the same
 cores, the engine's rate is bounded by ``1 / (1/floor + 1/generator)``, not by the slower of the two.

@@ -282,17 +282,17 @@ def encode(rgb: np.ndarray, fmt: str, alpha: np.ndarray | None = None, quality: 
     if fmt == "jpeg":
         return _encode_jpeg(rgb, quality, meta)
     buf = io.BytesIO()
-    img = _pil_image(rgb, alpha)
     if fmt == "webp":
-        img.save(buf, format="WEBP", lossless=True, quality=WEBP_EFFORT, method=WEBP_METHOD, exact=True, **meta)
+        _pil_image(rgb, alpha).save(buf, format="WEBP", lossless=True, quality=WEBP_EFFORT, method=WEBP_METHOD,
+                                    exact=True, **meta)
         return buf.getvalue()
     if fmt != "png":
         raise ValueError(f"unknown output format {fmt!r}")
     level = check_png_compression(png_compression)
     strategy = PNG_STRATEGIES[check_png_strategy(png_strategy)]
     if not meta and rgb.shape[0] * rgb.shape[1] >= FAST_PNG_MIN_PIXELS:
-        return encode_png_fast(rgb, alpha, level, strategy)
-    img.save(buf, format="PNG", compress_level=level, compress_type=strategy, **meta)
+        return encode_png_fast(rgb, alpha, level, strategy)  # no Pillow copy of the image (4 bytes per pixel)
+    _pil_image(rgb, alpha).save(buf, format="PNG", compress_level=level, compress_type=strategy, **meta)
     return buf.getvalue()
 
 
@@ -322,9 +322,10 @@ def encode_png_fast(rgb: np.ndarray, alpha: np.ndarray | None = None, level: int
     Every row uses PNG filter 2 ("Up": the byte above is subtracted), then deflate in blocks of rows (bounded
     extra memory): ISA-L (python-isal) at its level 1 for the fast settings (``level`` 1-3 with the ``rle`` or
     ``default`` strategy), else zlib at ``level`` / ``strategy``.  Measured on a protected 12 MP photo (one core,
-    bench/results/engine_photos_cpu.json "encoders"): Up + ISA-L 13.3 MB in 0.10 CPU-s, Up + zlib RLE 12.8 MB in
-    0.28 s, Pillow (adaptive filters, zlib RLE) 12.0 MB in 0.80 s, imagecodecs/libpng 14.0 MB in 0.56 s, libvips
-    31.7 MB in 0.28 s.  Standard PNG: any reader decodes exactly ``rgb`` (tests compare Pillow's decode)."""
+    bench/results/engine_photos_cpu.json "encoders_12MP"): Up + ISA-L 13.4 MB in 0.08 CPU-s, Up + zlib RLE 13.0 MB
+    in 0.25 s, Pillow (adaptive filters, zlib RLE) 12.2 MB in 0.67 s, imagecodecs/libpng 14.1 MB in 0.52 s,
+    libvips 31.7 MB in 0.23 s, lossless WebP (method 0) 9.3 MB in 0.58 s.  Standard PNG: any reader decodes
+    exactly ``rgb`` (tests compare Pillow's decode)."""
     a = np.asarray(rgb, dtype=np.uint8)
     if a.ndim == 2:
         a = a[:, :, None]
@@ -348,8 +349,14 @@ def encode_png_fast(rgb: np.ndarray, alpha: np.ndarray | None = None, level: int
             np.subtract(rows[r0:r1], rows[r0 - 1: r1 - 1], out=blk[:, 1:])
         parts.append(co.compress(blk))
     parts.append(co.flush())
+    del buf
     ihdr = struct.pack(">IIBBBBB", w, h, 8, _PNG_COLOR_TYPE[c], 0, 0, 0)
-    return b"".join([b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", ihdr), _png_chunk(b"IDAT", b"".join(parts)),
+    crc = zlib.crc32(b"IDAT")
+    for p in parts:
+        crc = zlib.crc32(p, crc)
+    # one allocation of the file's size (no joined copy of the compressed data first)
+    return b"".join([b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", ihdr),
+                     struct.pack(">I", sum(len(p) for p in parts)), b"IDAT", *parts, struct.pack(">I", crc),
                      _png_chunk(b"IEND", b"")])
 
 

@@ -143,15 +143,23 @@ def fused_ops():
 
 
 def max_abs_diff(out: np.ndarray, rgb: np.ndarray, eps: float) -> np.ndarray:
-    """``max |out - rgb|`` per image, int64 [N] (both uint8 [N, H, W, C])."""
+    """``max |out - rgb|`` per image, int64 [N] (both uint8 [N, H, W, C]); photo-size images a block of rows at a
+    time (bounded temporaries)."""
     n = out.shape[0]
     if n == 0 or out.size == 0:
         return np.zeros(n, dtype=np.int64)
+    if out.shape[1] * out.shape[2] * out.shape[3] > _DIFF_BLOCK:
+        rows = max(1, _DIFF_BLOCK // (out.shape[2] * out.shape[3]))
+        return np.array([max(int(max_abs_diff(out[i:i + 1, r:r + rows], rgb[i:i + 1, r:r + rows], eps)[0])
+                             for r in range(0, out.shape[1], rows)) for i in range(n)], dtype=np.int64)
     if bound_uint8(eps) <= 127:  # |diff| <= 127: the wrapped uint8 difference read as int8 is exact
         diff = np.subtract(out, rgb).view(np.int8).reshape(n, -1)
         return np.maximum(diff.max(axis=1).astype(np.int64), -diff.min(axis=1).astype(np.int64))
     diff16 = np.abs(out.astype(np.int16) - rgb.astype(np.int16)).reshape(n, -1)
     return diff16.max(axis=1).astype(np.int64)
+
+
+_DIFF_BLOCK = 1 << 22  # bytes of one image's difference computed at once
 
 
 def apply_delta_batch(rgb: np.ndarray, delta: np.ndarray, eps: float, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:

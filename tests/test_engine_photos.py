@@ -128,6 +128,23 @@ def test_budget_with_corrupt_files_does_not_leak(tmp_path):
 
 # --------------------------------------------------------------------------------------------- encoder / metrics
 
+def _check_png_chunks(data: bytes) -> list[bytes]:
+    """Every chunk's CRC is right (Pillow does not check IDAT's); returns the chunk types."""
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    kinds, i = [], 8
+    while i < len(data):
+        (n,) = struct.unpack(">I", data[i: i + 4])
+        kind, body = data[i + 4: i + 8], data[i + 8: i + 8 + n]
+        (crc,) = struct.unpack(">I", data[i + 8 + n: i + 12 + n])
+        assert crc == zlib.crc32(body, zlib.crc32(kind)), kind
+        kinds.append(kind)
+        i += 12 + n
+    return kinds
+
+
 @pytest.mark.parametrize("channels,alpha", [(3, False), (3, True), (1, False), (1, True)])
 def test_fast_png_is_lossless(channels, alpha):
     rng = np.random.default_rng(channels)
@@ -138,6 +155,7 @@ def test_fast_png_is_lossless(channels, alpha):
     a = rng.integers(0, 256, (h, w), dtype=np.uint8) if alpha else None
     for level, strategy in ((1, "rle"), (0, "rle"), (6, "default")):
         data = imageio.encode_png_fast(img, a, level, imageio.PNG_STRATEGIES[strategy])
+        assert _check_png_chunks(data) == [b"IHDR", b"IDAT", b"IEND"]
         back = np.asarray(Image.open(io.BytesIO(data)))
         back = back.reshape(h, w, -1)
         want = img if a is None else np.dstack([img, a])

@@ -22,10 +22,6 @@ namespace {
 
 constexpr int64_t kRowTile = 2048;  // floats of an output row accumulated at once (8 KiB)
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define MTLG_CPU_X86 1
-#endif
-#define MTLG_CPU_INLINE inline __attribute__((always_inline))
 
 // t[n, y, X, c] = sum_k d[n, c, y, iw[X, k]] * ww[X, k]
 void apply_delta_w_pass(const ApplyDeltaArgs& a, float* t) {
@@ -109,15 +105,14 @@ MTLG_CPU_INLINE void h_rows_body(const HRows& p, int64_t r0, int64_t r1) {
 void h_rows_sse2(const HRows& p, int64_t r0, int64_t r1) { h_rows_body(p, r0, r1); }
 
 #ifdef MTLG_CPU_X86
-__attribute__((target("avx2"))) void h_rows_avx2(const HRows& p, int64_t r0, int64_t r1) { h_rows_body(p, r0, r1); }
+MTLG_TARGET_AVX2 void h_rows_avx2(const HRows& p, int64_t r0, int64_t r1) { h_rows_body(p, r0, r1); }
 #endif
 
 using HRowsFn = void (*)(const HRows&, int64_t, int64_t);
 
 HRowsFn h_rows_fn() {
 #ifdef MTLG_CPU_X86
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2) return h_rows_avx2;
+  if (cpu_has_avx2()) return h_rows_avx2;
 #endif
   return h_rows_sse2;
 }

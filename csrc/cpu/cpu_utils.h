@@ -11,6 +11,23 @@
 namespace mtlguard {
 namespace cpu {
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MTLG_CPU_X86 1
+// A second, AVX2 build of a loop nest (target("avx2") enables no FMA: products still round before the adds).
+#define MTLG_TARGET_AVX2 __attribute__((target("avx2")))
+#endif
+#define MTLG_CPU_INLINE inline __attribute__((always_inline))
+
+// True when the CPU has AVX2 (checked once): the kernels then call their AVX2 builds.
+inline bool cpu_has_avx2() {
+#ifdef MTLG_CPU_X86
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  return avx2;
+#else
+  return false;
+#endif
+}
+
 // Elements per parallel task: large enough to amortise the OpenMP fork, small enough to balance 2+ threads.
 constexpr int64_t kGrain = 32768;
 

@@ -7,6 +7,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../common/projection_common.h"
 #include "../ops.h"
 #include "cpu_utils.h"
@@ -15,14 +17,63 @@ namespace mtlguard {
 namespace cpu {
 namespace {
 
+// The per-segment loops, compiled twice (default = SSE2 on x86-64, and AVX2) and chosen at run time: with the
+// NaN-propagating clamps (element_ops.h) each select is one vblendvps under AVX2 instead of and/andnot/or, which
+// keeps these memory-bound loops as fast as the previous std::max/std::min form (bench/results/ops_cpu.json
+// "nan_fix").  The LegacyClamp instantiation (benchmarks only) keeps the previous default build.
+template <typename scalar_t, typename opmath_t>
+MTLG_CPU_INLINE void project_linf_range(const scalar_t* x, const scalar_t* delta, scalar_t* x_adv,
+                                        scalar_t* delta_out, int64_t begin, int64_t end, opmath_t e, opmath_t lo,
+                                        opmath_t hi) {
+  for (int64_t i = begin; i < end; ++i) project_linf_element(x[i], delta[i], e, lo, hi, x_adv[i], delta_out[i]);
+}
+
+template <typename scalar_t, typename opmath_t>
+void project_linf_range_default(const scalar_t* x, const scalar_t* delta, scalar_t* x_adv, scalar_t* delta_out,
+                                int64_t begin, int64_t end, opmath_t e, opmath_t lo, opmath_t hi) {
+  project_linf_range(x, delta, x_adv, delta_out, begin, end, e, lo, hi);
+}
+
+template <typename Clamp, typename scalar_t, typename dir_t, typename opmath_t>
+MTLG_CPU_INLINE void pgd_step_range(const scalar_t* xa, const scalar_t* x, const dir_t* dir, scalar_t* out,
+                                    int64_t begin, int64_t end, opmath_t s, opmath_t e, opmath_t lo, opmath_t hi) {
+  for (int64_t i = begin; i < end; ++i) out[i] = pgd_step_element<Clamp>(xa[i], x[i], dir[i], s, e, lo, hi);
+}
+
+template <typename Clamp, typename scalar_t, typename dir_t, typename opmath_t>
+void pgd_step_range_default(const scalar_t* xa, const scalar_t* x, const dir_t* dir, scalar_t* out, int64_t begin,
+                            int64_t end, opmath_t s, opmath_t e, opmath_t lo, opmath_t hi) {
+  pgd_step_range<Clamp>(xa, x, dir, out, begin, end, s, e, lo, hi);
+}
+
+#ifdef MTLG_CPU_X86
+template <typename scalar_t, typename opmath_t>
+MTLG_TARGET_AVX2 void project_linf_range_avx2(const scalar_t* x, const scalar_t* delta, scalar_t* x_adv,
+                                              scalar_t* delta_out, int64_t begin, int64_t end, opmath_t e,
+                                              opmath_t lo, opmath_t hi) {
+  project_linf_range(x, delta, x_adv, delta_out, begin, end, e, lo, hi);
+}
+
+template <typename Clamp, typename scalar_t, typename dir_t, typename opmath_t>
+MTLG_TARGET_AVX2 void pgd_step_range_avx2(const scalar_t* xa, const scalar_t* x, const dir_t* dir, scalar_t* out,
+                                          int64_t begin, int64_t end, opmath_t s, opmath_t e, opmath_t lo,
+                                          opmath_t hi) {
+  pgd_step_range<Clamp>(xa, x, dir, out, begin, end, s, e, lo, hi);
+}
+#endif
+
 template <typename scalar_t>
 void project_linf_loop(const scalar_t* x, const scalar_t* delta, scalar_t* x_adv, scalar_t* delta_out,
                        int64_t numel, int64_t inner, double eps, const scalar_t* eps_b, double lo, double hi) {
   using opmath_t = at::opmath_type<scalar_t>;
   const opmath_t lo_ = static_cast<opmath_t>(lo), hi_ = static_cast<opmath_t>(hi);
+  auto* range = &project_linf_range_default<scalar_t, opmath_t>;
+#ifdef MTLG_CPU_X86
+  if (cpu_has_avx2()) range = &project_linf_range_avx2<scalar_t, opmath_t>;
+#endif
   for_each_sample_segment(numel, inner, [&](int64_t b, int64_t begin, int64_t end) {
     const opmath_t e = eps_b ? static_cast<opmath_t>(eps_b[b]) : static_cast<opmath_t>(eps);
-    for (int64_t i = begin; i < end; ++i) project_linf_element(x[i], delta[i], e, lo_, hi_, x_adv[i], delta_out[i]);
+    range(x, delta, x_adv, delta_out, begin, end, e, lo_, hi_);
   });
 }
 
@@ -32,10 +83,16 @@ void pgd_step_loop(const scalar_t* xa, const scalar_t* x, const dir_t* dir, scal
                    double hi) {
   using opmath_t = at::opmath_type<scalar_t>;
   const opmath_t lo_ = static_cast<opmath_t>(lo), hi_ = static_cast<opmath_t>(hi);
+  auto* range = &pgd_step_range_default<Clamp, scalar_t, dir_t, opmath_t>;
+#ifdef MTLG_CPU_X86
+  if constexpr (std::is_same_v<Clamp, NanClamp>) {
+    if (cpu_has_avx2()) range = &pgd_step_range_avx2<Clamp, scalar_t, dir_t, opmath_t>;
+  }
+#endif
   for_each_sample_segment(numel, inner, [&](int64_t b, int64_t begin, int64_t end) {
     const opmath_t s = step_b ? static_cast<opmath_t>(step_b[b]) : static_cast<opmath_t>(step);
     const opmath_t e = eps_b ? static_cast<opmath_t>(eps_b[b]) : static_cast<opmath_t>(eps);
-    for (int64_t i = begin; i < end; ++i) out[i] = pgd_step_element<Clamp>(xa[i], x[i], dir[i], s, e, lo_, hi_);
+    range(xa, x, dir, out, begin, end, s, e, lo_, hi_);
   });
 }
 
