@@ -11,10 +11,13 @@
 3. **Square** (:class:`~mtlguard.attacks.square.Square`) -- the score-based black-box attack, with the same
    objective.
 
-AutoAttack keeps, per image, the first attack that fools it.  A multi-task image is not simply "fooled", so
-the ensemble keeps, per image, the candidate (the clean image included) with the highest **untargeted**
-attack objective :meth:`Aggregation.objective` against the true labels -- the worst case over the ensemble
-for that aggregation.  ``self.last_report`` says how often each attack won and its mean objective.
+AutoAttack keeps, per image, the first attack that fools it (robust accuracy = images no attack fools).  A
+multi-task image can fool some tasks and not others, so the ensemble keeps, per image, the candidate (the
+clean image included) that fools the **most attacked classification tasks** (prediction != label), and among
+those the one with the highest untargeted attack objective :meth:`Aggregation.objective` against the true
+labels (``selection="objective"`` uses the objective alone; for dense / regression tasks only the objective
+counts).  ``self.last_report`` says how often each attack won, its mean number of fooled tasks and its mean
+objective.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ class MultiTaskAutoAttack(Attack):
     COMPONENTS = ("apgd", "apgd-t", "square")
 
     def __init__(self, model, tasks, eps=8 / 255, steps: int = 100, restarts: int = 1, n_target_classes: int = 3,
-                 n_queries: int = 100, attacks=COMPONENTS, **kw) -> None:
+                 n_queries: int = 100, attacks=COMPONENTS, selection: str = "fooled", **kw) -> None:
         if kw.get("targeted"):
             raise ValueError("MultiTaskAutoAttack is untargeted (its APGD-T part picks the targets itself)")
         super().__init__(model, tasks, eps=eps, **kw)
@@ -50,6 +53,9 @@ class MultiTaskAutoAttack(Attack):
         if unknown or not attacks:
             raise ValueError(f"attacks must be some of {self.COMPONENTS}, got {list(attacks)}")
         self.components = tuple(attacks)
+        if selection not in ("fooled", "objective"):
+            raise ValueError(f"selection must be 'fooled' or 'objective', got {selection!r}")
+        self.selection = selection
         self._kw = dict(norm=self.norm, aggregation=self.aggregation.name, attack_tasks=list(self.attack_tasks),
                         weights=(dict(zip(self.attack_tasks, self.aggregation.weights.tolist()))
                                  if self.aggregation.weights is not None else None), seed=seed_of(kw))
@@ -90,14 +96,29 @@ class MultiTaskAutoAttack(Attack):
             cands.append(("square", a(x, y)))
         self.aggregation.begin(self.losses(x, y))  # the sub-attacks share no state with this aggregation
         objs = torch.stack([self.objective(self.losses(c, y)) for _, c in cands])  # [A, B]
-        best = objs.argmax(0)
+        fooled = torch.stack([self.fooled_tasks(c, y) for _, c in cands]).to(objs.dtype)  # [A, B]
+        key = objs if self.selection == "objective" else fooled + 0.5 + torch.atan(objs) / torch.pi  # lexicographic
+        best = key.argmax(0)
         out = cands[0][1].clone()
         for i, (_, c) in enumerate(cands):
             m = (best == i).reshape((-1,) + (1,) * (x.dim() - 1))
             out = torch.where(m, c, out)
-        self.last_report = {name: {"wins": int((best == i).sum()), "mean_objective": float(objs[i].mean())}
-                            for i, (name, _) in enumerate(cands)}
+        self.last_report = {name: {"wins": int((best == i).sum()), "mean_fooled": float(fooled[i].mean()),
+                                   "mean_objective": float(objs[i].mean())} for i, (name, _) in enumerate(cands)}
         return out
+
+    def fooled_tasks(self, x_adv, y) -> torch.Tensor:
+        """Per image, how many attacked classification tasks predict a wrong class at ``x_adv`` ([B] int)."""
+        with torch.no_grad():
+            out = self._outputs(x_adv)
+        count = torch.zeros(x_adv.shape[0], dtype=torch.long, device=x_adv.device)
+        for spec in self.aggregation.tasks:
+            if not spec.is_classification:
+                continue
+            o = out[spec.name]
+            pred = (o.reshape(o.shape[0], -1)[:, 0] > 0).long() if spec.kind == "binary" else o.argmax(1)
+            count += (pred != y[spec.name].long()).long()
+        return count
 
 
 def seed_of(kw: dict):
