@@ -89,7 +89,8 @@ class Trainer:
     """Train ``model`` on ``train_set`` with a task-weighting strategy; evaluate on ``test_set``.
 
     Args:
-        model: an HPS/STL model (``forward(x) -> {task: output}``); moved to ``device``.
+        model: a multi-task model (HPS, MTAN, Cross-stitch, branched) or an STL model (``forward(x) -> {task:
+            output}``; its ``shared_parameters()`` feed gradient-based weightings); moved to ``device``.
         tasks: the task specs to train (a subset of the dataset's tasks; one task = STL).
         train_set / test_set: mtlguard datasets (items ``(image, {task: target})``).
         weighting: a name for :func:`mtlguard.weighting.build_weighting` or a :class:`Weighting`.
