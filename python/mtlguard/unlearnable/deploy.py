@@ -119,9 +119,10 @@ def plan_jobs(cfg: DeployConfig) -> list[Job]:
 
     Every method is trained on the defense victim behind every defense; the ``headline`` method (default: the
     first protected method) also goes through the whole victim zoo, its seeds and the JPEG output.  Order:
-    the defense victim under standard training (all methods), the headline method behind each defense,
-    the headline method's other victims (seed 0), the other methods behind each defense, the JPEG output,
-    then the extra seeds -- so a run stopped early (``--time-budget``) has the most informative cells."""
+    the defense victim under standard training (all methods), the headline method behind each cheap defense,
+    the headline method's other victims (seed 0), the headline method behind PGD-AT, the other methods behind
+    each defense, the JPEG output, then the extra seeds -- so a run stopped early (``--time-budget``) has the
+    most informative cells."""
     protected = [m for m in cfg.methods if m != "clean"]
     head = cfg.headline_method()
     others = [m for m in protected if m != head]
@@ -134,13 +135,16 @@ def plan_jobs(cfg: DeployConfig) -> list[Job]:
                 jobs.append(j)
 
     defenses = [d for d in cfg.defenses if d != "standard"]
+    cheap = [d for d in defenses if d != "at"]  # PGD-AT victims cost ~(steps + 1)x a standard one
     for m in protected or ["clean"]:
         add(m, "png", "standard", cfg.defense_spec, 0)
-    for d in defenses:
+    for d in cheap:
         add(head or "clean", "png", d, cfg.defense_spec, 0)
     for spec in cfg.victim_specs:
         if spec.key != cfg.defense_spec.key:
             add(head or "clean", "png", "standard", spec, 0)
+    if "at" in defenses:
+        add(head or "clean", "png", "at", cfg.defense_spec, 0)
     for d in defenses:
         for m in others:
             add(m, "png", d, cfg.defense_spec, 0)
