@@ -148,3 +148,28 @@ def test_cli_default_victims_equal_the_protocol_default():
     from mtlguard.unlearnable.deploy import DEFAULT_VICTIMS
 
     assert DEPLOY_VICTIMS == DEFAULT_VICTIMS
+
+
+def test_deploy_fits_a_robust_row_then_reuses_it(utkface_root, tmp_path, capsys):
+    """``mtl-ue-tap`` rows are fitted by the command itself (robust options: native size, luma, EOT), exported and
+    run through the engine; the generator folder records its fit options and refuses others."""
+    from mtlguard.cli.main import main
+
+    argv = ["evaluate-protection", "--protocol", "deploy", "--data", "utkface", "--root", str(utkface_root),
+            "--image-size", "200", "--subset", "16", "--test-subset", "8", "--cache-dir", str(tmp_path / "cache"),
+            "--methods", "clean,mtl-ue-tap", "--gen-size", "16", "--delta-channels", "luma", "--eot", "victim",
+            "--eot-sizes", "16,24", "--arch", "small_cnn", "--surrogate-epochs", "1", "--gen-epochs", "1",
+            "--gen-batch-size", "8", "--victims", "small_cnn@16", "--defense-victim", "small_cnn@16",
+            "--defenses", "standard", "--jpeg-victims=", "--victim-epochs", "1", "--victim-batch-size", "8",
+            "--average-last", "1", "--out", str(tmp_path / "rep"), "--prefix", "fit", "--work",
+            str(tmp_path / "work"), "--no-progress"]
+    assert main(argv) == 0
+    gdir = tmp_path / "work" / "generators" / "mtl-ue-tap"
+    cfg = json.loads((gdir / "generator.json").read_text())
+    assert cfg["delta_channels"] == "luma" and cfg["image_size"] == [16, 16]
+    assert cfg["extra"]["recipe"]["fit"]["eot"]["sizes"] == [16, 24]
+    assert (gdir / "generator.onnx").is_file() and (gdir / "fit_options.json").is_file()
+    assert json.loads(capsys.readouterr().out)["finished"] == 2
+    changed = [a if a != "luma" else "all" for a in argv]
+    with pytest.raises(SystemExit, match="other settings"):
+        main(changed)

@@ -50,7 +50,6 @@ def fit_recipe_for(args, train_set, work: Path):
     def fit(method: str) -> Path:
         out = work / "generators" / method
         onnx = out / "generator.onnx"
-        _check_work(out, {"fit": {k: getattr(args, k) for k in FIT_OPTIONS}}, "fit_options.json")
         if onnx.is_file():
             return onnx
         cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
@@ -123,6 +122,12 @@ def run_deploy(args) -> int:
     fingerprint = {"recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed, "native_size": args.image_size,
                    "train": getattr(train_set, "_cache_name", None), "test": getattr(test_set, "_cache_name", None)}
     _check_work(work, fingerprint)
+    from ..unlearnable.deploy import FITTED
+
+    # a fitted row's generator, protected set and victims were made with its fit options: refuse others
+    for method in (m for m in cfg.methods if m in FITTED):
+        _check_work(work / "generators" / method, {"fit": {k: getattr(args, k) for k in FIT_OPTIONS}},
+                    "fit_options.json")
     protocol = DeployProtocol(train_set, test_set, cfg, work, fit_options=fit_recipe_for(args, train_set, work),
                               in_memory=_in_memory_benchmark(args, cfg, work))
     deadline = time.time() + 60 * args.time_budget if args.time_budget else None
