@@ -82,7 +82,7 @@ md = ["# AutoAttack-style robustness of HPS, MTAN and Cross-stitch victims on UT
       f"(PGD step 2.5 eps / steps with a random start, APGD its schedule, Auto-SAGE step 2.5 eps / steps), Square "
       f"{a.queries} queries; device CPU ({threads} thread, shared 2-core machine), torch {torch.__version__}; wall "
       f"time {(time.time() - t0) / 60:.0f} min.  `Auto` = APGD + targeted APGD (top wrong classes) + Square, "
-      "per-image worst case of the aggregation's objective.  Small scale: compare rows within this report.", "",
+      "per image the candidate fooling the most tasks, then the highest objective of the aggregation.  Small scale: compare rows within this report.", "",
       "## Clean accuracy (%)", "", "| victim | " + " | ".join(names) + " |", "|---|---|---|---|"]
 for mtl, s in summary.items():
     md.append(f"| {mtl} | " + " | ".join(f"{100 * s['train']['final'][n]['accuracy']:.1f}" for n in names) + " |")
