@@ -423,7 +423,8 @@ def markdown_table(results: dict) -> str:
     for key, r in results["rows"].items():
         cells = [key]
         suffix = key.split(" + ", 1)[1] if " + " in key else None  # a defense: compare with clean behind it
-        ref = results["rows"].get("clean" + (f" + {suffix}" if suffix else ""), {})
+        ref_key = r.get("clean_key") or "clean" + (f" + {suffix}" if suffix else "")  # transfer rows name theirs
+        ref = results["rows"].get(ref_key, {})
         clean = {p: ref.get(p, {}) for p in parts}
         for part in parts:
             vals = r.get(part, {})
