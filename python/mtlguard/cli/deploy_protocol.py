@@ -136,7 +136,7 @@ def run_deploy(args) -> int:
     keys = {j.key for j in planned}
     results = {k: v for k, v in protocol.cached().items() if k in keys}
     tasks = [t.name for t in train_set.tasks]
-    config = {"methods": list(cfg.methods), "headline": cfg.headline_method(), "victims": list(cfg.victims), "defenses": list(cfg.defenses),
+    config = {"methods": list(cfg.methods), "headline": cfg.headline_methods(), "victims": list(cfg.victims), "defenses": list(cfg.defenses),
               "defense_victim": cfg.defense_victim, "jpeg_victims": list(cfg.jpeg_victims),
               "jpeg_quality": cfg.jpeg_quality, "recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed,
               "device": args.device, "native_size": args.image_size, "train_size": len(train_set),

@@ -85,7 +85,7 @@ def add_parser(subparsers) -> None:
                    help="evaluate this generator file (.onnx or .safetensors) as a row; repeatable")
     g.add_argument("--victims", default=",".join(DEPLOY_VICTIMS),
                    help="comma list of ARCH@SIZE[:WEIGHTING][xSEEDS] (default: %(default)s)")
-    g.add_argument("--headline", default=None, help="the method trained on every victim, seed and the JPEG output "
+    g.add_argument("--headline", default=None, help="comma list: the method(s) trained on every victim, seed and the JPEG output "
                    "(the others: on --defense-victim behind every defense); default: the first protected method")
     g.add_argument("--defense-victim", default="resnet18@32", help="victim trained behind every defense "
                    "(default: %(default)s)")

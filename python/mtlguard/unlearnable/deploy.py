@@ -13,8 +13,8 @@ way other people train (``mtlguard evaluate-protection --protocol deploy``).
    resized-crop + flip, trained ``recipe.epochs`` epochs, tested on clean native test images resized to
    their input size.
 3. **Defenses**: every method on ``defense_victim`` behind every defense; the clean reference is the
-   same victim recipe on the clean files behind the same defense.  The ``headline`` method alone also
-   goes through the whole victim zoo (other architectures, sizes, weightings, STL, seeds) and the engine's
+   same victim recipe on the clean files behind the same defense.  The ``headline`` method(s) alone also
+   go through the whole victim zoo (other architectures, sizes, weightings, STL, seeds) and the engine's
    JPEG output.
 4. **Protection ratio** per task: ``PR = (acc_clean - acc_protected) / (acc_clean - acc_majority)``
    (:mod:`.deploy_report`).
@@ -54,7 +54,7 @@ class DeployConfig:
     """One deployment-protocol matrix (see the module docstring)."""
 
     methods: Sequence[str] = ("clean", "bundled")
-    headline: str | None = None     # the method run through the victim zoo (default: the first protected one)
+    headline: str | Sequence[str] | None = None  # method(s) run through the victim zoo (default: first protected)
     victims: Sequence[str] = DEFAULT_VICTIMS
     defenses: Sequence[str] = DEFENSES
     defense_victim: str = "resnet18@32"
@@ -73,16 +73,22 @@ class DeployConfig:
         for d in self.defenses:
             if d not in DEFENSES:
                 raise ValueError(f"unknown defense {d!r}; expected one of {DEFENSES}")
-        if self.headline is not None and self.headline not in self.methods:
-            raise ValueError(f"headline method {self.headline!r} is not among the methods {tuple(self.methods)}")
+        if isinstance(self.headline, str):
+            self.headline = tuple(h.strip() for h in self.headline.split(",") if h.strip()) or None
+        bad = [h for h in (self.headline or ()) if h not in self.methods]
+        if bad:
+            raise ValueError(f"headline method(s) {bad} are not among the methods {tuple(self.methods)}")
         self.victim_specs = [VictimSpec.parse(v) for v in self.victims]
         self.defense_spec = VictimSpec.parse(self.defense_victim)
         self.jpeg_specs = [VictimSpec.parse(v) for v in self.jpeg_victims]
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
 
-    def headline_method(self) -> str | None:
-        return self.headline or _first_protected(self.methods)
+    def headline_methods(self) -> list[str]:
+        if self.headline:
+            return list(self.headline)
+        first = _first_protected(self.methods)
+        return [first] if first else []
 
 
 def _first_protected(methods: Sequence[str]) -> str | None:
@@ -117,15 +123,15 @@ def method_label(method: str) -> str:
 def plan_jobs(cfg: DeployConfig) -> list[Job]:
     """Every run the matrix needs (protected rows and their clean references), most informative first.
 
-    Every method is trained on the defense victim behind every defense; the ``headline`` method (default: the
-    first protected method) also goes through the whole victim zoo, its seeds and the JPEG output.  Order:
-    the defense victim under standard training (all methods), the headline method behind each cheap defense,
-    the headline method's other victims (seed 0), the headline method behind PGD-AT, the other methods behind
+    Every method is trained on the defense victim behind every defense; the ``headline`` method(s) (default: the
+    first protected method) also go through the whole victim zoo, its seeds and the JPEG output.  Order:
+    the defense victim under standard training (all methods), per headline method its cheap defenses, its
+    other victims (seed 0) and PGD-AT, the other methods behind
     each defense, the JPEG output, then the extra seeds -- so a run stopped early (``--time-budget``) has the
     most informative cells."""
     protected = [m for m in cfg.methods if m != "clean"]
-    head = cfg.headline_method()
-    others = [m for m in protected if m != head]
+    heads = cfg.headline_methods() or ["clean"]
+    others = [m for m in protected if m not in heads]
     jobs: list[Job] = []
 
     def add(method, output, defense, spec, seed):
@@ -138,22 +144,25 @@ def plan_jobs(cfg: DeployConfig) -> list[Job]:
     cheap = [d for d in defenses if d != "at"]  # PGD-AT victims cost ~(steps + 1)x a standard one
     for m in protected or ["clean"]:
         add(m, "png", "standard", cfg.defense_spec, 0)
-    for d in cheap:
-        add(head or "clean", "png", d, cfg.defense_spec, 0)
-    for spec in cfg.victim_specs:
-        if spec.key != cfg.defense_spec.key:
-            add(head or "clean", "png", "standard", spec, 0)
-    if "at" in defenses:
-        add(head or "clean", "png", "at", cfg.defense_spec, 0)
+    for head in heads:
+        for d in cheap:
+            add(head, "png", d, cfg.defense_spec, 0)
+        for spec in cfg.victim_specs:
+            if spec.key != cfg.defense_spec.key:
+                add(head, "png", "standard", spec, 0)
+        if "at" in defenses:
+            add(head, "png", "at", cfg.defense_spec, 0)
     for d in defenses:
         for m in others:
             add(m, "png", d, cfg.defense_spec, 0)
-    if head is not None and head not in IN_MEMORY:
-        for spec in cfg.jpeg_specs:
-            add(head, f"jpeg{cfg.jpeg_quality}", "standard", spec, 0)
-    for spec in cfg.victim_specs:
-        for s in range(1, spec.seeds):
-            add(head or "clean", "png", "standard", spec, s)
+    for head in heads:
+        if head not in IN_MEMORY and head != "clean":
+            for spec in cfg.jpeg_specs:
+                add(head, f"jpeg{cfg.jpeg_quality}", "standard", spec, 0)
+    for head in heads:
+        for spec in cfg.victim_specs:
+            for s in range(1, spec.seeds):
+                add(head, "png", "standard", spec, s)
     return jobs
 
 
