@@ -102,3 +102,51 @@ def test_majority_rates_hand_computed():
     items = [(torch.zeros(3, 4, 4), {"a": torch.tensor(x), "b": torch.tensor(float(y)), "d": torch.zeros(1, 4, 4)})
              for x, y in zip(a, b)]
     assert majority_rates(items, tasks) == {"a": 3 / 5, "b": 3 / 5}
+
+
+def test_generator_file_rows_store_the_engines_bytes(utkface_root, tmp_path):
+    """A ``bundled`` / ``gen:<file>`` row protects in memory exactly as ``mtlguard-engine`` protects files:
+    the same 32x32 UTKFace images written as PNG and run through the engine come back byte-identical."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from mtlguard.data import UTKFace
+    from mtlguard.engine import protect_directory
+    from mtlguard.engine.pipeline import default_model
+    from mtlguard.unlearnable.protect import generator_file_protector, protect_images
+
+    ds = UTKFace(utkface_root, split="train", image_size=32, subset=12, seed=0, cache_dir=tmp_path / "cache",
+                 progress=False)
+    memory = protect_images(ds, generator_file_protector(default_model(), ds.tasks), 8 / 255, progress=False)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path"] + [t.name for t in ds.tasks])
+        for i in range(len(ds)):
+            Image.fromarray(np.asarray(ds.load_uint8(i))).save(src / f"{i:03d}.png")
+            w.writerow([f"{i:03d}.png"] + [int(ds.label_arrays[t.name][i]) for t in ds.tasks])
+    report = protect_directory(src, out, labels=tmp_path / "labels.csv", format="png", progress=False)
+    assert not report.get("failed")
+    engine = np.stack([np.asarray(Image.open(out / f"{i:03d}.png").convert("RGB")) for i in range(len(ds))])
+    assert np.array_equal(memory, engine)
+    clean = np.stack([np.asarray(ds.load_uint8(i)) for i in range(len(ds))])
+    diff = np.abs(memory.astype(int) - clean.astype(int))
+    assert 0 < diff.max() <= 8
+
+
+def test_generator_file_rows_are_accepted_and_checked(utkface_root, tmp_path):
+    from mtlguard.data import UTKFace
+    from mtlguard.engine.pipeline import default_model
+    from mtlguard.unlearnable.evaluation import ProtectionConfig, method_file_label
+    from mtlguard.unlearnable.protect import generator_file_protector
+
+    ProtectionConfig(methods=("clean", "bundled", "gen:runs/x/my_gen.onnx"))  # no error
+    assert method_file_label("gen:runs/x/my_gen.onnx") == "gen_my_gen"
+    assert method_file_label("mtl-ue-tap:age+race") == "mtl-ue-tap_age-race"
+    ds = UTKFace(utkface_root, split="train", image_size=32, subset=4, seed=0, cache_dir=tmp_path / "cache",
+                 progress=False)
+    with pytest.raises(ValueError, match="default_generator.onnx: generator tasks"):
+        generator_file_protector(default_model(), ds.tasks[:2])

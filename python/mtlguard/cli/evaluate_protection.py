@@ -40,7 +40,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--methods", default=None,
                    help="memory protocol (default clean,ar-patch,lsp-patch,mtl-ue-em,mtl-ue-tap): comma list of clean, lsp-patch, ar-patch, lsp-average, ar-average, em, tap, sep, "
-                        "mtl-ue-em, mtl-ue-tap, mtl-ue-sep; partial protection: mtl-ue-tap:age+race.  deploy protocol (default "
+                        "mtl-ue-em, mtl-ue-tap, mtl-ue-sep, bundled (the shipped default generator, as the engine applies it); "
+                        "partial protection: mtl-ue-tap:age+race.  deploy protocol (default "
                         "clean,bundled): clean, bundled (the shipped default generator), mtl-ue-em/tap/sep (fitted with the "
                         "robust-fitting options), tap, em, sep, lsp-patch, ar-patch")
     p.add_argument("--defenses", default=None,
@@ -80,9 +81,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prefix", default="protection")
     p.add_argument("--work", default=None, help="cache/resume folder (default: <out>/<prefix>_work)")
     p.add_argument("--note", default="", help="free text appended to the Markdown report")
+    p.add_argument("--generator", action="append", default=[], metavar="GEN",
+                   help="evaluate this generator file (.onnx, .pt2 or .safetensors) as a row, applied as "
+                        "mtlguard-engine applies it (both protocols; memory: at --image-size); repeatable")
     g = p.add_argument_group("deploy protocol")
-    g.add_argument("--generator", action="append", default=[], metavar="GEN",
-                   help="evaluate this generator file (.onnx or .safetensors) as a row; repeatable")
     g.add_argument("--victims", default=",".join(DEPLOY_VICTIMS),
                    help="comma list of ARCH@SIZE[:WEIGHTING][xSEEDS] (default: %(default)s)")
     g.add_argument("--headline", default=None, help="comma list: the method(s) trained on every victim, seed and the JPEG output "
@@ -121,6 +123,7 @@ def run(args) -> int:
     methods = tuple(split(args.methods or "clean,ar-patch,lsp-patch,mtl-ue-em,mtl-ue-tap"))
     if "clean" not in methods:
         methods = ("clean",) + methods
+    methods += tuple(f"gen:{g}" for g in args.generator)  # given generator files, applied as the engine does
     try:
         cfg = ProtectionConfig(
             methods=methods, defenses=tuple(split(args.defenses or "none")), eps=args.eps / 255,

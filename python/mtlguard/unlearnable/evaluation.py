@@ -49,7 +49,7 @@ from ..data.tasks import TaskSpec
 from .fitting import FitConfig, fit_generator
 from .generator import DELTA_UNITS, LEGACY_DELTA_UNITS, MTLUEGenerator
 from .patterns import ClasswisePatterns
-from .protect import (DEFENSES, ProtectedDataset, generator_protector, pattern_protector, protect_images,
+from .protect import (DEFENSES, ProtectedDataset, generator_file_protector, generator_protector, pattern_protector, protect_images,
                       table_protector)
 from .samplewise import samplewise_em, samplewise_tap
 from .surrogate import build_surrogate, ensemble_from_snapshots, train_clean_surrogate
@@ -57,6 +57,19 @@ from .surrogate import build_surrogate, ensemble_from_snapshots, train_clean_sur
 BASELINES = ("lsp-patch", "ar-patch", "lsp-average", "ar-average", "em", "tap", "sep")
 MTLUE = ("mtl-ue-em", "mtl-ue-tap", "mtl-ue-sep")
 METHODS = ("clean",) + BASELINES + MTLUE
+
+
+def is_generator_file_method(method: str) -> bool:
+    """``bundled`` (the shipped default generator) or ``gen:<file>`` (an exported / saved generator)."""
+    return method == "bundled" or method.startswith("gen:")
+
+
+def method_file_label(method: str) -> str:
+    """A file-name-safe key of a method: ``gen:runs/x/g.onnx`` -> ``gen_g``, ``mtl-ue-tap:age+race`` ->
+    ``mtl-ue-tap_age-race``."""
+    if method.startswith("gen:"):
+        return f"gen_{Path(method[4:]).stem}"
+    return method.replace(":", "_").replace("+", "-")
 
 
 @dataclass
@@ -93,6 +106,8 @@ class ProtectionConfig:
 
     def __post_init__(self):
         for m in self.methods:
+            if is_generator_file_method(m):
+                continue
             base = m.split(":")[0]
             if base not in METHODS:
                 raise ValueError(f"unknown protection method {m!r}; expected one of {METHODS} (partial: 'mtl-ue-tap:age+race')")
@@ -242,14 +257,17 @@ class ProtectionBenchmark:
     # --- protected training sets -----------------------------------------------------------------
     def protected_images(self, method: str) -> np.ndarray:
         """uint8 ``[N, H, W, C]`` protected training images for ``method`` (cached ``.npy``)."""
-        cache = self.out / "protected" / f"{method.replace(':', '_').replace('+', '-')}.npy"
+        cache = self.out / "protected" / f"{method_file_label(method)}.npy"
         if cache.is_file():
             return np.load(cache)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
-        base = method.split(":")[0]
+        base = "generator-file" if is_generator_file_method(method) else method.split(":")[0]
         eps = cfg.eps
-        if base == "clean":
+        if base == "generator-file":  # what mtlguard-engine writes, at this benchmark's image size
+            arr = protect_images(self.train_set, generator_file_protector(self.generator_path(method), self.tasks),
+                                 eps, desc=method, progress=cfg.progress)
+        elif base == "clean":
             arr = protect_images(self.train_set, lambda x, t, i: torch.zeros_like(x), eps, progress=False)
         elif base in ("lsp-patch", "ar-patch", "lsp-average", "ar-average"):
             kind, fusion = base.split("-")
@@ -279,6 +297,18 @@ class ProtectionBenchmark:
             arr = np.where(self.protected_mask()[:, None, None, None], arr, self.protected_images("clean"))
         atomic_save_npy(cache, arr)
         return arr
+
+    @staticmethod
+    def generator_path(method: str) -> Path:
+        """The file of a ``bundled`` / ``gen:<file>`` row."""
+        if method == "bundled":
+            from mtlguard.engine.pipeline import default_model
+
+            return Path(default_model())
+        path = Path(method[4:])
+        if not path.exists():
+            raise FileNotFoundError(f"generator not found: {path}")
+        return path
 
     def protected_mask(self) -> np.ndarray:
         """bool ``[N]``: the training images a method protects (all unless ``protect_fraction < 1``)."""
@@ -342,11 +372,12 @@ class ProtectionBenchmark:
             arr = self.protected_images(method)
             src = self.protected_images("clean")
             diff = np.abs(arr.astype(np.int16) - src.astype(np.int16))
+            label = f"gen:{Path(method[4:]).stem}" if method.startswith("gen:") else method
             for defense in cfg.defenses:
-                key = (method if defense == "none" else
-                       f"{method} + AT-{cfg.at_eps * 255:g}" if defense == "at" else f"{method} + ISS-{defense}")
+                key = (label if defense == "none" else
+                       f"{label} + AT-{cfg.at_eps * 255:g}" if defense == "at" else f"{label} + ISS-{defense}")
                 if partial and method != "clean":
-                    key = key.replace(method, f"{method} [P_{r_txt} + T_{r_rest}]", 1)
+                    key = key.replace(label, f"{label} [P_{r_txt} + T_{r_rest}]", 1)
                 adversarial = defense == "at"
                 ds = ProtectedDataset(self.train_set, arr if adversarial else DEFENSES[defense](arr))
                 vdir = self.out / "victims" / key.replace(" ", "").replace(":", "_").replace("+", "_")

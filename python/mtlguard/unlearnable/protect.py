@@ -53,6 +53,36 @@ def generator_protector(gen: MTLUEGenerator, protect_tasks: Sequence[str] | None
     return run
 
 
+def generator_file_protector(path: str | os.PathLike, tasks: Sequence[TaskSpec], backend: str | None = None,
+                             device: str = "cpu") -> Protector:
+    """Perturbations of an exported generator file (``.onnx``, ``.pt2``, ``.safetensors``, ...) applied exactly as
+    ``mtlguard-engine`` applies them: the engine's backend at the generator's input size, its bilinear delta
+    upsampling, clip and rounding (:func:`mtlguard.engine.perturb.apply_delta_batch`).  The returned delta is
+    ``protected_u8 / 255 - x``, so :func:`protect_images` stores the engine's bytes.
+
+    Raises ``ValueError`` naming the file when its tasks or class counts differ from ``tasks``."""
+    from mtlguard.engine.backends import load_backend
+    from mtlguard.engine.perturb import apply_delta_batch, model_input
+
+    model = load_backend(path, backend=backend, device=device)
+    facts = model.facts
+    theirs = dict(zip(facts.task_names, facts.num_classes))
+    ours = {t.name: t.num_classes for t in tasks if t.name in theirs}
+    if ours != theirs:
+        raise ValueError(f"{path}: generator tasks {theirs} do not match the dataset's tasks "
+                         f"{ {t.name: t.num_classes for t in tasks} }")
+
+    def run(x, targets, idx):
+        u8 = np.rint(x.permute(0, 2, 3, 1).numpy() * 255.0).astype(np.uint8)
+        inputs = np.stack([model_input(im, tuple(facts.image_size), facts.in_channels) for im in u8])
+        labels = np.stack([targets[name].numpy().astype(np.int64) for name in facts.task_names], axis=1)
+        delta = model.run(inputs, labels)
+        out, _ = apply_delta_batch(np.ascontiguousarray(u8), np.ascontiguousarray(delta), float(facts.eps))
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0 - x
+
+    return run
+
+
 def protected_subset(n: int, fraction: float, seed: int = 0) -> np.ndarray:
     """Partial data protection (MTL-UE Table 9, after Huang et al. 2021): a bool mask ``[n]`` selecting
     ``round(fraction * n)`` items by a permutation seeded with ``seed`` -- the images ``P_r`` to protect; the
