@@ -119,6 +119,11 @@ def _protect_parser(sub) -> None:
     p.add_argument("--exclude-split", action="append", default=None, metavar="SPLIT",
                    help="leave the labels.csv rows whose split column equals SPLIT alone: not protected, not written "
                         "(repeatable; e.g. test)")
+    p.add_argument("--protect-fraction", default="1", metavar="R",
+                   help="protect only round(R * n) of the n selected images, chosen by --seed over their sorted paths "
+                        "(MTL-UE Table 9); the others are written clean through the same path, labels.csv does not "
+                        "tell them apart and report.json lists them (0 < R <= 1)")
+    p.add_argument("--seed", default="0", metavar="S", help="seed of the --protect-fraction choice")
     p.add_argument("--allow-unprotected", action="store_true",
                    help="accept labels without a column for some task (that task stays unprotected); otherwise refused")
     p.add_argument("--backend", choices=("onnxruntime", "torch", "tensorrt"), default=None,
@@ -137,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Help, description="Decode + encode only (no model): the throughput floor.")
     _common(q)
     q.set_defaults(func=_run, passthrough=True, model=None, labels=None, dataset=None, no_labels=False,
-                   exclude_split=None, allow_unprotected=False, backend=None, device="cpu", threads=None)
+                   exclude_split=None, allow_unprotected=False, backend=None, device="cpu", threads=None,
+                   protect_fraction="1", seed="0")
     return parser
 
 
@@ -163,6 +169,15 @@ def _resolve_input(args) -> str | None:
     return args.input
 
 
+def _number(text: str, kind):
+    """``kind(text)``, or ``text`` unchanged when it does not parse (EngineOptions then refuses it, naming the
+    option, in one line)."""
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        return text
+
+
 def _options(args):
     from .options import EngineOptions
 
@@ -170,7 +185,8 @@ def _options(args):
         model=args.model, labels=args.labels, dataset=args.dataset, no_labels=args.no_labels,
         allow_unprotected=args.allow_unprotected, backend=args.backend, device=args.device, threads=args.threads,
         include=tuple(args.include or ()), exclude=tuple(args.exclude or ()),
-        exclude_split=tuple(args.exclude_split or ()), format=args.format, quality=args.quality,
+        exclude_split=tuple(args.exclude_split or ()), protect_fraction=_number(args.protect_fraction, float),
+        seed=_number(args.seed, int), format=args.format, quality=args.quality,
         png_compression=args.png_compression, png_strategy=args.png_strategy, keep_metadata=args.keep_metadata,
         overwrite=args.overwrite, metrics=not args.no_metrics, batch_size=args.batch_size,
         pixel_budget=args.pixel_budget, workers=args.workers,
@@ -202,6 +218,11 @@ def _summarize(report: dict) -> None:
     ex = report["excluded"]
     _listing(f"image(s) excluded (split {ex['by_split']}, --include {ex['by_include']}, --exclude {ex['by_exclude']})",
              ex["total"], ex["first"])
+    part = report.get("partial_protection")
+    if part and part["protect_fraction"] < 1.0:
+        print(f"{PROG}: partial protection: {part['protected']} of {part['selected']} image(s) protected, "
+              f"{part['clean']} left clean (--protect-fraction {part['protect_fraction']} --seed {part['seed']}; "
+              "listed in report.json 'partial_protection')", file=sys.stderr)
     for note in report.get("run_notes", []):
         print(f"{PROG}: note: {note}", file=sys.stderr)
     for f in report["failures"]:

@@ -6,6 +6,14 @@ Glob patterns (:class:`PathFilter`) are matched against the POSIX path relative 
 any number of segments (``a/**/b.png``, ``raw/**``); a pattern without ``/`` matches the file name in
 any directory (``*.png``); a trailing ``/`` means everything below (``test/`` = ``test/**``).  A file is
 selected when it matches some ``--include`` (all files when none is given) and no ``--exclude``.
+
+Partial data protection (``--protect-fraction r --seed S``, MTL-UE Table 9), :func:`mark_protected`: of the
+``n`` selected images (after the globs and ``--exclude-split``; files refused at discovery -- output name
+collisions, escaping symlinks -- are not counted), sorted by their relative path, the ones at the
+positions :func:`mtlguard.unlearnable.protect.protected_subset` ``(n, r, S)`` picks are protected
+(``round(r * n)`` of them) and the others written clean.  The rule reads only the sorted paths, so the
+choice is the same for every executor, batch size, pixel budget and resumed run, and the same as
+``mtlguard poison --protect-fraction r --seed S`` makes over the same ``n`` items in that order.
 """
 from __future__ import annotations
 
@@ -164,3 +172,21 @@ def discover(input_root: Path, fmt: str, exclude: Callable[[str], str | None] | 
         taken[out_rel] = rel
         found.items.append(Item(src, rel, out_rel, ofmt))
     return found
+
+
+def mark_protected(items: list[Item], fraction: float, seed: int) -> list[str]:
+    """Partial data protection (see the module docstring): set ``Item.protect`` on ``items`` by
+    :func:`~mtlguard.unlearnable.protect.protected_subset` over their sorted relative paths; returns the
+    sorted relative paths left clean (empty when ``fraction >= 1``: every item protected)."""
+    for it in items:
+        it.protect = True
+    if fraction >= 1.0 or not items:
+        return []
+    from mtlguard.unlearnable.protect import protected_subset  # torch: imported only for a partial run
+
+    rels = sorted(it.rel for it in items)
+    mask = protected_subset(len(rels), fraction, seed)
+    clean = {rel for rel, chosen in zip(rels, mask) if not chosen}
+    for it in items:
+        it.protect = it.rel not in clean
+    return sorted(clean)

@@ -17,11 +17,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 
-import numpy as np
-
 from .executor import Executor, Sink, StageTimes
 
-from .work import Item, PixelBudget, WorkSpec, decode_job, decode_job_budgeted, process_chunk
+from .work import Item, PixelBudget, WorkSpec, decode_job, decode_job_budgeted, infer_deltas, process_chunk
 
 
 def chunks(n: int, workers: int) -> list[slice]:
@@ -144,7 +142,7 @@ class _LocalRun:
             return None
         t = time.perf_counter()
         try:
-            return be.run(np.stack([b[2] for b in batch]), np.stack([b[0].labels for b in batch]).astype(np.int64))
+            return infer_deltas(be, [b[0] for b in batch], [b[2] for b in batch])
         except Exception as e:  # noqa: BLE001 - fail this batch's files, keep going
             for item, *_ in batch:
                 self._fail(item.rel, f"inference failed: {type(e).__name__}: {e}")

@@ -36,6 +36,10 @@ class EngineOptions:
         include / exclude: globs on the path relative to the input root (repeatable; see
             :class:`~mtlguard.engine.discovery.PathFilter`); exclude_split: labels.csv ``split`` values whose
             rows are left alone (not protected, not written).
+        protect_fraction / seed: partial data protection (MTL-UE Table 9): protect only ``round(r * n)`` of the
+            ``n`` selected images, chosen by :func:`mtlguard.unlearnable.protect.protected_subset` ``(n, r, seed)``
+            over their sorted relative paths (:func:`~mtlguard.engine.discovery.mark_protected`); the others are
+            written through the same path with a zero delta.  ``1.0`` (default): every image.
     Output:
         format: ``png`` (default, lossless), ``webp`` (lossless), ``jpeg`` (lossy: the report gives the
             measured error) or ``same`` (JPEG sources stay JPEG, everything else becomes PNG).
@@ -67,6 +71,8 @@ class EngineOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     exclude_split: tuple[str, ...] = ()
+    protect_fraction: float = 1.0
+    seed: int = 0
     format: str = "png"
     quality: int = 95
     png_compression: int = DEFAULT_PNG_COMPRESSION
@@ -113,7 +119,7 @@ class EngineOptions:
         if isinstance(o.quality, bool) or not isinstance(o.quality, int) or not 1 <= o.quality <= 100:
             raise ValueError(f"quality must be an integer JPEG quality 1-100, got {o.quality!r}")
         _check_label_options(o)
-        return o
+        return replace(o, **_check_fraction(o))
 
     def to_dict(self) -> dict:
         """JSON-able copy (tuples as lists), as recorded in the report."""
@@ -147,6 +153,18 @@ def _count(name: str, value) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return value
+
+
+def _check_fraction(o: EngineOptions) -> dict:
+    """``{"protect_fraction": float, "seed": int}`` checked: a number in (0, 1] and an integer in [0, 2**63)."""
+    r, seed = o.protect_fraction, o.seed
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < float(r) <= 1.0:
+        raise ValueError(f"protect_fraction (--protect-fraction) must be a number in (0, 1], got {r!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed (--seed) must be an integer in [0, 2**63), got {seed!r}")
+    if o.passthrough and float(r) < 1.0:
+        raise ValueError(f"protect_fraction {r!r}: a passthrough run protects nothing")
+    return {"protect_fraction": float(r), "seed": seed}
 
 
 def _check_label_options(o: EngineOptions) -> None:

@@ -2,10 +2,12 @@
 
 options (:class:`~mtlguard.engine.options.EngineOptions`, validated once) -> roots -> generator (model
 file, facts, backend) -> label source -> discovery and selection (``--include`` / ``--exclude`` /
-``--exclude-split``) -> plan (journal: finished outputs skipped, settings changes and unrelated
-existing files refused, the output checked writable) -> executor (:mod:`~mtlguard.engine.local_executor`
-or :mod:`~mtlguard.engine.ray_executor`, per-file work in :mod:`~mtlguard.engine.work`) -> labels.csv /
-tasks.json (:mod:`~mtlguard.engine.outputs`) -> report (:mod:`~mtlguard.engine.report`).
+``--exclude-split``; ``--protect-fraction``: which selected images are protected and which written clean,
+:func:`~mtlguard.engine.discovery.mark_protected`) -> plan (journal: finished outputs skipped, settings
+changes and unrelated existing files refused, the output checked writable) -> executor
+(:mod:`~mtlguard.engine.local_executor` or :mod:`~mtlguard.engine.ray_executor`, per-file work in
+:mod:`~mtlguard.engine.work`) -> labels.csv / tasks.json (:mod:`~mtlguard.engine.outputs`) -> report
+(:mod:`~mtlguard.engine.report`).
 
 Every refusal happens before anything is written and raises one line naming the file: ValueError,
 FileNotFoundError, NotADirectoryError, PermissionError or
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .discovery import IMAGE_EXTENSIONS, Discovery, PathFilter, discover, has_images
+from .discovery import IMAGE_EXTENSIONS, Discovery, PathFilter, discover, has_images, mark_protected
 from .executor import Executor, StageTimes
 from .imageio import atomic_write
 from .journal import STATE_DIR, Journal, remove_stale_temps
@@ -176,9 +178,11 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(opts: EngineOptions, gen: Generator, src: LabelSource | None) -> dict:
+def fingerprint(opts: EngineOptions, gen: Generator, src: LabelSource | None, clean: list[str] = ()) -> dict:
     """What must not change between the runs of one job (``run.json``).  Options added after the first
-    release appear only when set, so earlier output directories still resume."""
+    release appear only when set, so earlier output directories still resume.  A partial run (``clean``: the
+    files left clean) also records the hash of that list: an input that gained or lost files changes the
+    choice, and its resume is refused like a changed option."""
     fp = {
         "mode": "passthrough" if opts.passthrough else "protect",
         "model_sha256": _file_sha256(gen.path) if gen.path is not None and gen.path.is_file() else None,
@@ -189,7 +193,10 @@ def fingerprint(opts: EngineOptions, gen: Generator, src: LabelSource | None) ->
     }
     extra = {"keep_metadata": opts.keep_metadata, "include": list(opts.include), "exclude": list(opts.exclude),
              "exclude_split": list(opts.exclude_split)}
-    fp.update({k: v for k, v in extra.items() if v})
+    if opts.protect_fraction < 1.0:
+        extra.update(protect_fraction=opts.protect_fraction, seed=opts.seed,
+                     protect_clean_sha256=hashlib.sha256("\n".join(clean).encode()).hexdigest())
+    fp.update({k: v for k, v in extra.items() if v or k == "seed"})
     return fp
 
 
@@ -299,10 +306,11 @@ def protect_directory(input_dir, output_dir, model=None, labels=None, *, options
     src = label_source(opts, gen, in_root)
     found = select(opts, in_root, input_dir, src)
     labels_entry = assign_labels(found.items, src, gen)
+    clean = [] if opts.passthrough else mark_protected(found.items, opts.protect_fraction, opts.seed)
     if labels_entry is not None:
         missing_rows = _rows_without_images(src, found)
         labels_entry.update(rows_without_images=len(missing_rows), rows_without_images_first=first(missing_rows))
-    p = plan(opts, out_root, output_dir, found.items, fingerprint(opts, gen, src))
+    p = plan(opts, out_root, output_dir, found.items, fingerprint(opts, gen, src, clean))
     col, times, partials = _execute(opts, gen, in_root, out_root, p, found.failures)
     try:
         outputs, meta_notes = _meta(opts, gen, found.items, p.journal, src, out_root)
@@ -312,10 +320,29 @@ def protect_directory(input_dir, output_dir, model=None, labels=None, *, options
                    len(found.items) + len(found.failures), p.skipped, found.ignored, excluded_entry(found.excluded),
                    labels_entry, outputs, partials, p.overwrite, col, times,
                    [p.journal.done[it.out_rel] for it in found.items if it.out_rel in p.journal.done],
-                   _run_notes(col, p.overwrite) + meta_notes, t_start, cpu_start)
+                   _run_notes(col, p.overwrite) + meta_notes + _partial_notes(opts, found.items, clean), t_start,
+                   cpu_start, partial_entry(opts, found.items, clean))
     report = build_report(run)
     atomic_write(out_root / STATE_DIR / "report.json", json.dumps(report, indent=1, default=str).encode())
     return report
+
+
+def partial_entry(opts: EngineOptions, items: list[Item], clean: list[str]) -> dict | None:
+    """The report's ``partial_protection`` entry (None for passthrough): the fraction and seed, how many of the
+    selected images are protected / left clean (the whole output tree, earlier runs of the job included) and
+    the sorted list of the clean ones."""
+    if opts.passthrough:
+        return None
+    return {"protect_fraction": opts.protect_fraction, "seed": opts.seed, "selected": len(items),
+            "protected": len(items) - len(clean), "clean": len(clean), "clean_files": list(clean)}
+
+
+def _partial_notes(opts: EngineOptions, items: list[Item], clean: list[str]) -> list[str]:
+    """A run note when ``--protect-fraction`` is so small that no image is protected at all."""
+    if opts.passthrough or opts.protect_fraction >= 1.0 or not items or len(clean) < len(items):
+        return []
+    return [f"--protect-fraction {opts.protect_fraction}: round({opts.protect_fraction} * {len(items)}) = 0, so no "
+            "image was protected (every output is its original, re-encoded)"]
 
 
 def _describe(opts: EngineOptions, gen: Generator) -> dict:

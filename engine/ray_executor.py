@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .executor import Executor, Sink, StageTimes
-from .work import Item, WorkSpec, decode_item, failure_reason, process_chunk
+from .work import Item, WorkSpec, decode_item, failure_reason, infer_deltas, process_chunk
 
 _COLUMNS = ("file", "out", "ok", "reason", "max_abs", "extra", "decode_s", "infer_s", "encode_s")
 
@@ -50,7 +50,7 @@ class ProtectWorker:
         deltas, infer_s = None, 0.0
         if good and self.be is not None:
             t = time.perf_counter()
-            deltas = self.be.run(np.stack([g[2] for g in good]), np.stack([g[0].labels for g in good]))
+            deltas = infer_deltas(self.be, [g[0] for g in good], [g[2] for g in good])
             infer_s = time.perf_counter() - t
         t = time.perf_counter()
         done = process_chunk([g[0] for g in good], [g[1] for g in good], deltas, self.spec)
@@ -66,7 +66,8 @@ class ProtectWorker:
         good = []
         for i in range(len(batch["rel"])):
             item = Item(Path(str(batch["src"][i])), str(batch["rel"][i]), str(batch["out_rel"][i]),
-                        str(batch["fmt"][i]), np.asarray(batch["labels"][i], dtype=np.int64))
+                        str(batch["fmt"][i]), np.asarray(batch["labels"][i], dtype=np.int64),
+                        protect=bool(batch["protect"][i]))
             t = time.perf_counter()
             try:
                 dec, x = decode_item(item, self.spec)
@@ -112,7 +113,8 @@ class RayExecutor(Executor):
 
     def _dataset(self, ray, todo: list[Item]):
         rows = [{"src": str(i.src), "rel": i.rel, "out_rel": i.out_rel, "fmt": i.fmt,
-                 "labels": (i.labels if i.labels is not None else np.zeros(0, np.int64)).tolist()} for i in todo]
+                 "labels": (i.labels if i.labels is not None else np.zeros(0, np.int64)).tolist(),
+                 "protect": bool(i.protect)} for i in todo]
         return ray.data.from_items(rows).map_batches(
             ProtectWorker,
             fn_constructor_kwargs=dict(spec=self.spec, model=str(self.model) if self.model else None,

@@ -66,6 +66,7 @@ class RunFacts:
     notes: list[str] = field(default_factory=list)
     t_start: float = 0.0
     cpu_start: float = 0.0
+    partial: dict | None = None  # partial data protection (--protect-fraction), None for passthrough
 
 
 def first(names: list[str], n: int = FIRST) -> list[str]:
@@ -136,6 +137,7 @@ def build_report(run: RunFacts) -> dict:
         "quality": summarize(run.quality_records),
         "color": _color(run),
         "labels": run.labels,
+        "partial_protection": run.partial,
         "outputs": run.outputs,
         "overwritten": {"count": len(run.overwritten), "first": first(run.overwritten)},
         "partials_removed": run.partials,

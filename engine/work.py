@@ -24,7 +24,8 @@ from .quality import measure
 @dataclass
 class Item:
     """One input file: ``src`` path, ``rel`` path under the input root, ``out_rel`` under the output root,
-    output ``fmt``, the generator ``labels`` int64 [K] and the labels.csv ``split`` value."""
+    output ``fmt``, the generator ``labels`` int64 [K], the labels.csv ``split`` value and ``protect``
+    (False: left clean by partial data protection -- written through the same path with a zero delta)."""
 
     src: Path
     rel: str
@@ -32,6 +33,7 @@ class Item:
     fmt: str
     labels: np.ndarray | None = None
     split: str | None = None
+    protect: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,20 @@ def decode_item(item: Item, spec: WorkSpec, data: bytes | None = None):
                            metadata=spec.keep_metadata)
     x = model_input(dec.rgb, spec.size, spec.channels) if spec.size is not None else None
     return dec, x
+
+
+def infer_deltas(backend, items: list[Item], xs: list[np.ndarray]) -> np.ndarray:
+    """The batch's deltas, float32 [n, C, h, w]: ``backend`` runs on the items to protect only; items left
+    clean (``Item.protect`` False, partial data protection) get an exact zero delta, so they are written
+    unchanged through the same apply / encode path.  Raises what the backend raises."""
+    keep = [i for i, it in enumerate(items) if it.protect]
+    if len(keep) == len(items):
+        return backend.run(np.stack(xs), np.stack([it.labels for it in items]).astype(np.int64))
+    deltas = np.zeros((len(items), *xs[0].shape), dtype=np.float32)
+    if keep:
+        deltas[keep] = backend.run(np.stack([xs[i] for i in keep]),
+                                   np.stack([items[i].labels for i in keep]).astype(np.int64))
+    return deltas
 
 
 def failure_reason(e: Exception) -> str:
