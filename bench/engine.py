@@ -22,6 +22,12 @@ DEFAULT options (PNG, PSNR/SSIM on) by this engine and by the engine of ``--base
 issue 15, extracted from git), each run in its own process: img/s, MP/s, output bytes per image, CPU s per image
 and peak RSS.  Goal: >= 3x the baseline's img/s on 12 MP photos on 2 cores, peak RSS <= 1.5 GB.
 
+``--generators`` (issue 15, section 3) runs ``bench/generator_cpu.py`` (its own options follow): generator-only
+throughput of torch eager, onnxruntime fp32 (the engine's default path; threads swept, optimizations on/off) and
+int8 (static QDQ, dynamic), plus the floor and the engine end to end, all interleaved in one run; ratios against the
+goals (engine default >= 1.5x torch eager, engine >= 0.9 x its shared-core bound) ->
+bench/results/generator_cpu.json.
+
 Example (copies N real UTKFace images to a temp dir; never writes into the data folder)::
 
     python bench/engine.py --utkface ../shared/data/utkface --images 300 \\
@@ -199,6 +205,12 @@ def png_options(files, be, eps: float, levels=(0, 1, 3, 6), strategies=("default
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--generators" in argv:  # issue 15, section 3: bench/generator_cpu.py with the remaining options
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from generator_cpu import main as generators_main
+
+        return generators_main([a for a in argv if a != "--generators"])
     from mtlguard.engine.imageio import DEFAULT_PNG_COMPRESSION, DEFAULT_PNG_STRATEGY, PNG_STRATEGIES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -231,6 +243,9 @@ def main(argv=None) -> int:
                     help="--photos: git revision of the engine compared against ('none': skip)")
     ap.add_argument("--eval-path", default=None,
                     help="--photos: a folder with extra packages (imagecodecs, pyvips) to compare encoders against")
+    ap.add_argument("--generators", action="store_true",
+                    help="the generator on CPU instead (torch eager vs onnxruntime fp32 / int8, and the engine, side by "
+                         "side): runs bench/generator_cpu.py with the other options (see its --help)")
     ap.add_argument("--synthetic", type=int, default=0,
                     help="use N synthetic 200x200 JPEG faces (UTKFace file names) instead of --utkface (GPU check)")
     args = ap.parse_args(argv)

@@ -6,6 +6,8 @@
 * :func:`export_pt2` -- ``torch.export`` + AOTInductor package (runs with plain torch).
 * :func:`build_tensorrt_engine` -- a TensorRT 11 engine from the ONNX file (optional ``tensorrt``).
 * :func:`load_generator` -- a trained generator checkpoint (``MTLUEGenerator.load``).
+* :func:`quantize_int8` -- the int8 (static QDQ, calibrated) variant of a float32 ONNX export
+  (:mod:`mtlguard.export.int8`; the eps clip stays float32; protection not re-verified, never a default).
 
 Every exported graph has the signature ``(image, labels) -> (protected, delta)``, except the
 any-size ONNX variant (``export_onnx(..., any_size=True)``, :mod:`mtlguard.export.anysize`): one uint8
@@ -22,6 +24,7 @@ _LAZY = {
     "export_onnx": "onnx_export", "onnx_variant": "onnx_export", "DEFAULT_OPSET": "onnx_export",
     "FP16_TOLERANCE": "onnx_export", "export_torchscript": "torchscript", "load_torchscript": "torchscript",
     "export_pt2": "pt2", "load_pt2": "pt2", "build_tensorrt_engine": "tensorrt", "load_generator": "_load",
+    "quantize_int8": "int8", "check_float_eps_clip": "int8",
 }
 
 
@@ -42,4 +45,5 @@ __all__ = [
     "export_pt2", "load_pt2",
     "build_tensorrt_engine",
     "load_generator",
+    "quantize_int8", "check_float_eps_clip",
 ]

@@ -4,6 +4,7 @@ A checkpoint is what ``MTLUEGenerator.save(path)`` writes: ``<name>.safetensors`
 :func:`resolve_checkpoint` also accepts the ``.json`` file, the name without a suffix, and a run
 folder (``mtlguard fit --out DIR`` holds ``generator.safetensors``; any folder holding exactly one
 generator checkpoint), and refuses anything else with one sentence naming the path.
+:func:`generator_from_onnx` rebuilds a torch generator from a float32 ONNX export (benchmarks' torch eager).
 """
 from __future__ import annotations
 
@@ -84,3 +85,51 @@ def load_training_config(path) -> dict:
         return dict(json.loads(side.read_text()).get("extra") or {})
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+def _bn_of(conv: str) -> str:
+    """The encoder BatchNorm after conv ``conv`` (``...conv1`` -> ``...bn1``, ``shortcut.0`` -> ``shortcut.1``)."""
+    head, _, last = conv.rpartition(".")
+    if last == "0" and head.endswith("shortcut"):
+        return head + ".1"
+    if last.startswith("conv"):
+        return f"{head}.bn{last[4:]}" if head else f"bn{last[4:]}"
+    raise ValueError(f"no BatchNorm known after {conv!r}")
+
+
+def generator_from_onnx(path, device="cpu"):
+    """A torch ``MTLUEGenerator`` with the weights of a float32 ONNX export (for a torch-eager comparison when only
+    the ``.onnx`` file exists, e.g. the bundled default generator).
+
+    The exporter folds each encoder BatchNorm into its convolution (``<conv>.weight`` scaled, ``<conv>.weight_bias``
+    added); the rebuilt BatchNorms are identities plus that bias (running mean 0, running variance ``1 - bn.eps``,
+    weight 1), which computes the same function with the same torch ops.  Raises ``ValueError`` if an
+    initializer is missing or unexpected.  The result is in eval mode on ``device``."""
+    import torch
+    from onnx import numpy_helper
+
+    from mtlguard.unlearnable import MTLUEGenerator
+
+    from .metadata import load_onnx, read_onnx_facts
+
+    facts = read_onnx_facts(path)
+    if facts.io != "float32_nchw" or facts.precision != "fp32":
+        raise ValueError(f"{path}: rebuild torch weights from the float32 NCHW export (this one is {facts.io}, "
+                         f"{facts.precision})")
+    gen = MTLUEGenerator.from_config(facts.config["generator"]).eval()
+    prefix = "generator."
+    weights = {i.name[len(prefix):]: torch.from_numpy(numpy_helper.to_array(i).copy())
+               for i in load_onnx(path).graph.initializer if i.name.startswith(prefix)}
+    state = {k: v for k, v in weights.items() if not k.endswith(".weight_bias")}
+    for key, bias in weights.items():
+        if key.endswith(".weight_bias"):
+            bn = _bn_of(key[: -len(".weight_bias")])
+            state.update({f"{bn}.weight": torch.ones_like(bias), f"{bn}.bias": bias,
+                          f"{bn}.running_mean": torch.zeros_like(bias),
+                          f"{bn}.running_var": torch.full_like(bias, 1.0 - gen.get_submodule(bn).eps)})
+    expected = {k for k in gen.state_dict() if not k.endswith("num_batches_tracked")}
+    if set(state) != expected:
+        raise ValueError(f"{path}: ONNX initializers do not match the generator (missing "
+                         f"{sorted(expected - set(state))[:4]}, unexpected {sorted(set(state) - expected)[:4]})")
+    gen.load_state_dict(state, strict=False)
+    return gen.to(device).eval()

@@ -9,7 +9,7 @@ Keys (all strings in ONNX ``metadata_props``; JSON values where structured):
   JSON of the generator + training config); ``mtlguard.config`` (that JSON);
   ``mtlguard.io``: ``float32_nchw``, ``uint8_nhwc`` or ``uint8_hwc_anysize`` (the any-size variant,
   :mod:`mtlguard.export.anysize`, which also carries ``mtlguard.resize``); ``mtlguard.precision``:
-  ``fp32`` or ``fp16``.
+  ``fp32``, ``fp16`` or ``int8`` (:mod:`mtlguard.export.int8`, which also carries ``mtlguard.quantization``).
 
 Label contract (every variant): ``labels[..., k]`` is a class index of task ``k`` in ``[0, num_classes)``
 or ``-1`` (task not protected: the mean of its class embeddings).  The graphs do not check ranges (an

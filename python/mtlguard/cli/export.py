@@ -7,6 +7,7 @@ Examples::
     mtlguard export --model runs/gen --out gen_u8.onnx --uint8-io
     mtlguard export --model runs/gen --out gen_any.onnx --any-size                 # uint8 HxWxC, any size
     mtlguard export --onnx gen.onnx --out gen_fp16.onnx --fp16                     # variant of an export
+    mtlguard export --onnx gen.onnx --out gen_int8.onnx --int8 --calibration DIR   # int8 QDQ (not re-verified)
     mtlguard export --model runs/gen --out gen.ts --format torchscript
     mtlguard export --model runs/gen --out gen.pt2 --format pt2
     mtlguard export --onnx gen.onnx --out gen.engine --format tensorrt --max-batch 256
@@ -36,6 +37,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--any-size", action="store_true",
                    help="ONNX: one uint8 HxWxC image of any size + int64 [K] labels in, the protected uint8 image out "
                         "(the engine's resize / upsample / clip / round recipe inside the graph, bit-identical)")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX: int8 static QDQ encoder convolutions, calibrated on --calibration images; the eps clip "
+                        "stays float32. Its protection is NOT re-verified by victim training (opt in knowingly)")
+    p.add_argument("--calibration", help="--int8: a folder of real images like those you will protect")
+    p.add_argument("--calibration-images", type=int, default=256, help="--int8: images used from --calibration")
     p.add_argument("--min-batch", type=int, default=1, help="TensorRT profile")
     p.add_argument("--opt-batch", type=int, default=32, help="TensorRT profile")
     p.add_argument("--max-batch", type=int, default=256, help="TensorRT profile")
@@ -85,16 +91,35 @@ def _from_checkpoint(args, ex, fmt: str):
     return ex.export_pt2(gen, args.out, training_config=training)
 
 
+def _int8(args, ex, fmt: str):
+    """``--int8``: quantize ``--onnx`` (or a float32 export of ``--model``, made in a temp folder)."""
+    import tempfile
+
+    if fmt != "onnx" or args.fp16 or args.uint8_io or args.any_size:
+        raise ValueError("--int8 is an ONNX variant of its own (float32 I/O): the output must end in .onnx, and it "
+                         "does not combine with --fp16, --uint8-io or --any-size")
+    if not args.calibration:
+        raise ValueError("--int8 needs --calibration DIR (real images like those you will protect)")
+    if args.onnx and not args.model:
+        return ex.quantize_int8(args.onnx, args.out, args.calibration, images=args.calibration_images)
+    with tempfile.TemporaryDirectory(prefix="mtlguard-export-") as tmp:
+        args_fp32 = type(args)(**{**vars(args), "out": f"{tmp}/fp32.onnx"})
+        src = _from_checkpoint(args_fp32, ex, "onnx")
+        return ex.quantize_int8(src, args.out, args.calibration, images=args.calibration_images)
+
+
 def run(args) -> int:
     from mtlguard import export as ex
 
     try:
         fmt = args.format or _format_from(args.out)
-        if fmt == "tensorrt":
+        if getattr(args, "int8", False):
+            out = _int8(args, ex, fmt)
+        elif fmt == "tensorrt":
             out = _tensorrt(args, ex)
         elif fmt == "onnx" and args.onnx and not args.model:  # derive a variant of an exported ONNX file
             if not (args.fp16 or args.uint8_io or args.any_size):
-                raise ValueError("with --onnx, pass --fp16, --uint8-io and/or --any-size (the variant to derive)")
+                raise ValueError("with --onnx, pass --fp16, --uint8-io, --any-size or --int8 (the variant to derive)")
             out = ex.onnx_variant(args.onnx, args.out, fp16=args.fp16, uint8_io=args.uint8_io, any_size=args.any_size)
         else:
             out = _from_checkpoint(args, ex, fmt)
