@@ -188,11 +188,13 @@ def test_adversarial_surrogate_recipe(native_utk, tmp_path):
     with torch.no_grad():
         assert em_loss(native_utk.tasks, model(adv), y) > em_loss(native_utk.tasks, model(x), y)
     recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16, delta_channels="luma",
-                             surrogate_archs=("small_cnn",), surrogate_epochs=1, sep_checkpoints=1,
+                             surrogate_archs=("small_cnn",), surrogate_epochs=1, sep_checkpoints=5,
                              surrogate_adv_eps=4 / 255, surrogate_adv_epochs=1)
     gen, res = fit_recipe(recipe, native_utk, tmp_path, progress=False)
     assert res.rounds == 1
-    clean = torch.load(tmp_path / "clean_surrogate.pt", weights_only=True)["snapshots"][-1]
+    clean_snaps = torch.load(tmp_path / "clean_surrogate.pt", weights_only=True)["snapshots"]
+    assert len(clean_snaps) == 1  # TAP keeps only the final clean model (SEP's checkpoint ensemble is not stored)
+    clean = clean_snaps[-1]
     robust = torch.load(tmp_path / "robust_clean_surrogate.pt", weights_only=True)["snapshots"][-1]
     assert any(not torch.equal(clean[k], robust[k]) for k in clean)  # fine-tuned
     cfg = json.loads((tmp_path / "generator.json").read_text())

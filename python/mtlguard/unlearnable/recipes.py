@@ -60,8 +60,9 @@ def _clean_snapshots(recipe: GeneratorRecipe, surrogate, train_set, out_dir: Pat
     eot = recipe.fit.eot
     snaps = train_clean_surrogate(surrogate, train_set.tasks, train_set, epochs=recipe.surrogate_epochs,
                                   batch_size=recipe.fit.batch_size, seed=recipe.fit.seed, device=device,
-                                  n_snapshots=recipe.sep_checkpoints,
+                                  n_snapshots=recipe.sep_checkpoints if recipe.fit.base == "sep" else 1,
                                   augment=VictimView(eot) if eot is not None else True, progress=progress)
+    # only SEP uses the checkpoint ensemble; TAP keeps the final model (1 file of ~45 MB, not 15)
     snaps = [{k: v.cpu() for k, v in s.items()} for s in snaps]
     atomic_write(path, lambda tmp: torch.save({"snapshots": snaps}, tmp))
     return snaps
