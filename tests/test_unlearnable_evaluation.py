@@ -150,3 +150,17 @@ def test_generator_file_rows_are_accepted_and_checked(utkface_root, tmp_path):
                  progress=False)
     with pytest.raises(ValueError, match="default_generator.onnx: generator tasks"):
         generator_file_protector(default_model(), ds.tasks[:2])
+
+
+def test_markdown_table_partial_rows_compare_with_the_clean_row_behind_the_same_defense():
+    """``bundled [P_0.5 + T_0.5]`` is a partial-protection row without a defense (its PR is against ``clean``);
+    ``... + ISS-jpeg`` rows compare with ``clean + ISS-jpeg``."""
+    from mtlguard.unlearnable.evaluation import markdown_table
+
+    row = lambda a: {"mtl": {"t": a}}  # noqa: E731
+    results = {"tasks": ["t"], "majority": {"t": 0.5},
+               "rows": {"clean": row(0.9), "clean + ISS-jpeg": row(0.7),
+                        "bundled [P_0.5 + T_0.5]": row(0.8), "bundled [P_0.5 + T_0.5] + ISS-jpeg": row(0.6)}}
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in markdown_table(results).splitlines()}
+    assert lines["bundled [P_0.5 + T_0.5]"].endswith("| 0.25 (t) |")  # (0.9 - 0.8) / (0.9 - 0.5)
+    assert lines["bundled [P_0.5 + T_0.5] + ISS-jpeg"].endswith("| 0.50 (t) |")  # (0.7 - 0.6) / (0.7 - 0.5)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -453,7 +454,8 @@ def markdown_table(results: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, r in results["rows"].items():
         cells = [key]
-        suffix = key.split(" + ", 1)[1] if " + " in key else None  # a defense: compare with clean behind it
+        bare = re.sub(r" \[P_[^\]]*\]", "", key)  # partial protection's "[P_r + T_(1-r)]" is not a defense
+        suffix = bare.split(" + ", 1)[1] if " + " in bare else None  # a defense: compare with clean behind it
         ref_key = r.get("clean_key") or "clean" + (f" + {suffix}" if suffix else "")  # transfer rows name theirs
         ref = results["rows"].get(ref_key, {})
         clean = {p: ref.get(p, {}) for p in parts}
