@@ -4,10 +4,12 @@ Variants, each timed on the same batches, interleaved ``--repeats`` times (media
 
 * ``previous``: the recipe of the previous default generator -- MTL-UE-TAP at 32x32 in memory (one
   generator batch = generator + TAP loss on a frozen ResNet-18 at 32x32), float32;
-* ``robust_fp32``: the robust recipe of the default generator (native 200x200 images through the engine's
-  recipe, luma delta, EOT victim views, TAP on a frozen ResNet-18 surrogate), float32, NCHW -- what it costs
-  before the speed options;
-* ``robust_fast``: the same with ``amp="bf16"`` + ``channels_last`` (the default recipe's setting).
+* ``robust_fp32``: the robust fitting recipe (native 200x200 images through the engine's recipe, luma delta,
+  EOT victim views, TAP on a frozen ResNet-18 surrogate), float32, NCHW -- what it costs before the speed
+  options;
+* ``robust_fast``: the same with ``amp="bf16"`` + ``channels_last`` (what ``mtlguard fit --amp bf16
+  --channels-last`` runs).  The bundled default generator is still the 32x32 in-memory fit (``previous``):
+  the robust fits did not beat it on the deployment matrix (``python/mtlguard/assets/README.md``).
 
 Reported: seconds per generator batch (``--batch-size`` images), the projected seconds per round over
 ``--train-size`` images, and the ratio ``robust_fp32 / robust_fast`` (the issue's fit-speed goal is
