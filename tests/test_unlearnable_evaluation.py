@@ -77,6 +77,8 @@ def test_evaluate_protection_rows_bounds_and_resume(utkface_root, tmp_path, caps
     (["--methods", "clean,ar-patch:age"], "only for MTL-UE"),
     (["--defenses", "at", "--at-steps", "0"], "at_steps"),
     (["--stl-methods", "clean,lsp-patch"], "'lsp-patch'.* not among the methods"),
+    (["--generator", "no/such/gen.onnx"], "--generator no/such/gen.onnx: file not found"),
+    (["--protocol", "deploy", "--generator", "no/such/gen.onnx"], "--generator no/such/gen.onnx: file not found"),
 ])
 def test_evaluate_protection_rejects_bad_options(utkface_root, tmp_path, bad, match):
     args = _cmd(utkface_root, tmp_path)

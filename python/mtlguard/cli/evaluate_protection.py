@@ -108,11 +108,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    for gen in args.generator:  # before any data is loaded or victim trained
+        if not Path(gen).is_file():
+            raise SystemExit(f"--generator {gen}: file not found")
     if args.protocol == "deploy":
         from .deploy_protocol import run_deploy
 
         return run_deploy(args)
-    from pathlib import Path
 
     from ..unlearnable.cli_common import command_line, load_split
     from ..unlearnable.evaluation import ProtectionBenchmark, ProtectionConfig, write_report
