@@ -166,3 +166,13 @@ def test_markdown_table_partial_rows_compare_with_the_clean_row_behind_the_same_
     lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in markdown_table(results).splitlines()}
     assert lines["bundled [P_0.5 + T_0.5]"].endswith("| 0.25 (t) |")  # (0.9 - 0.8) / (0.9 - 0.5)
     assert lines["bundled [P_0.5 + T_0.5] + ISS-jpeg"].endswith("| 0.50 (t) |")  # (0.7 - 0.6) / (0.7 - 0.5)
+
+
+def test_report_command_leaves_out_the_note():
+    import argparse
+
+    from mtlguard.unlearnable.cli_common import command_line
+
+    args = argparse.Namespace(argv=["evaluate-protection", "--seed", "0", "--note", "a long note", "--note=x",
+                                    "--out", "r p"])
+    assert command_line(args) == "mtlguard evaluate-protection --seed 0 --out 'r p'"

@@ -65,8 +65,17 @@ def load_split(args, split: str, subset: int | None):
 
 
 def command_line(args: argparse.Namespace | None = None) -> str:
-    """The command that produced a result: ``mtlguard`` + the arguments ``main`` parsed (``sys.argv`` if unknown)."""
+    """The command that produced a result: ``mtlguard`` + the arguments ``main`` parsed (``sys.argv`` if unknown),
+    without ``--note TEXT`` (the report prints the note itself; it does not change a number)."""
     argv = getattr(args, "argv", None)
     if argv is None:
         argv = sys.argv[1:]
-    return "mtlguard " + " ".join(shlex.quote(a) for a in argv)
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            kept.append(a)
+    return "mtlguard " + " ".join(shlex.quote(a) for a in kept)
