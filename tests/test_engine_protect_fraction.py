@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_engine_standin import copy_utk, tree_digest
+from test_engine_standin import copy_utk, engine_cli, one_error_line, tree_digest
 
 from mtlguard.engine import protect_directory
-from mtlguard.engine.cli import main as engine_main
 from mtlguard.engine.discovery import mark_protected
 from mtlguard.engine.journal import STATE_DIR
 from mtlguard.engine.work import Item
@@ -58,20 +57,7 @@ def image_files(out: Path) -> list[str]:
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = engine_main(["protect", "--no-progress", "--threads", "1", "--workers", "1", "--data", "utkface",
-                      *map(str, args)])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def one_error_line(rc: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert rc == 2, (rc, err)
-    assert len(lines) == 1 and lines[0].startswith("mtlguard-engine: error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+    return engine_cli(capsys, "--threads", "1", "--workers", "1", "--data", "utkface", *args)
 
 
 # --- the rule ------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_engine_standin import copy_utk, exported_onnx, one_channel_onnx, tree_digest, utk_labels, write_labels_csv
+from test_engine_standin import (copy_utk, engine_cli, exported_onnx, one_channel_onnx, one_error_line, tree_digest,
+                                 utk_labels, write_labels_csv)
 
 from mtlguard.engine import protect_directory, validate_labels
-from mtlguard.engine.cli import main as engine_main
 from mtlguard.engine.journal import STATE_DIR
 
 
@@ -30,24 +30,6 @@ def photos(utkface_root, tmp_path_factory):
     names = copy_utk(utkface_root, src, 4) + [f"sub/{n}" for n in copy_utk(utkface_root, src / "sub", 2, offset=4)]
     write_labels_csv(base / "labels.csv", names)
     return src, base / "labels.csv", names
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop what preparing the arguments printed (e.g. the first `mtlguard export`)
-    rc = engine_main(["protect", "--no-progress", *map(str, args)])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def _refused(rc: int, err: str, *needles: str) -> str:
-    """Exit 2 with exactly one stderr line 'mtlguard-engine: error: ...' containing every needle."""
-    lines = err.strip().splitlines()
-    assert rc == 2, (rc, err)
-    assert len(lines) == 1 and lines[0].startswith("mtlguard-engine: error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def _read(p: Path) -> np.ndarray:
@@ -64,7 +46,7 @@ def test_one_channel_generator_keeps_rgb_photos_rgb_and_says_so(photos, tmp_path
     gray = np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)
     Image.fromarray(gray).save(tmp_path / "in" / "gray.png")
     before = tree_digest(tmp_path / "in")
-    rc, out, err = _cli(capsys, "--model", one_channel_onnx(), "--input", tmp_path / "in", "--output", tmp_path / "o",
+    rc, out, err = engine_cli(capsys, "--model", one_channel_onnx(), "--input", tmp_path / "in", "--output", tmp_path / "o",
                         "--data", "utkface", "--allow-unprotected")
     assert rc == 0, err
     rep = json.loads(out)
@@ -88,7 +70,7 @@ def test_one_channel_generator_keeps_rgb_photos_rgb_and_says_so(photos, tmp_path
 def test_gray_image_with_rgb_generator_is_noted(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40), dtype=np.uint8)).save(tmp_path / "in" / "g.png")
-    rc, out, _ = _cli(capsys, "--model", exported_onnx(), "--input", tmp_path / "in", "--output", tmp_path / "o",
+    rc, out, _ = engine_cli(capsys, "--model", exported_onnx(), "--input", tmp_path / "in", "--output", tmp_path / "o",
                       "--no-labels")
     assert rc == 0
     notes = json.loads(out)["notes"]
@@ -100,11 +82,11 @@ def test_misspelled_task_column_is_refused_unless_allowed(photos, tmp_path, caps
     src, _, names = photos
     csv = write_labels_csv(tmp_path / "labels.csv", names, header="path,age,gendr,race")
     before = tree_digest(src)
-    rc, _, err = _cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv)
-    _refused(rc, err, str(csv), "['gender']", "did you mean column 'gendr'", "--allow-unprotected")
+    rc, _, err = engine_cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv)
+    one_error_line(rc, err, str(csv), "['gender']", "did you mean column 'gendr'", "--allow-unprotected")
     assert not (tmp_path / "o").exists() and tree_digest(src) == before
 
-    rc, out, err = _cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv,
+    rc, out, err = engine_cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv,
                         "--allow-unprotected")
     assert rc == 0, err
     rep = json.loads(out)
@@ -117,7 +99,7 @@ def test_unlabelled_images_and_rows_for_missing_files_are_listed(photos, tmp_pat
     src, _, names = photos
     ghosts = [f"ghost{i}.jpg,1,0,0" for i in range(7)]
     csv = write_labels_csv(tmp_path / "labels.csv", names[:3], extra=ghosts)  # 3 of 6 images have a row
-    rc, out, err = _cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv)
+    rc, out, err = engine_cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv)
     assert rc == 0, err
     lab = json.loads(out)["labels"]
     assert lab["images_without_labels"] == 3 and lab["images_without_labels_first"] == sorted(names[3:])
@@ -133,8 +115,8 @@ def test_out_of_range_label_in_csv_is_refused_naming_the_row(photos, tmp_path, c
     lab = utk_labels([Path(n).name for n in names[:2]])
     csv = tmp_path / "labels.csv"
     csv.write_text(f"path,age,gender,race\n{names[0]},{lab[0][0]},{lab[0][1]},{lab[0][2]}\n{names[1]},{cell},0,0\n")
-    rc, _, err = _cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv)
-    _refused(rc, err, str(csv), "row 3", "'age'", needle)
+    rc, _, err = engine_cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv)
+    one_error_line(rc, err, str(csv), "row 3", "'age'", needle)
     assert not (tmp_path / "o").exists()
 
 
@@ -175,19 +157,19 @@ def test_unrelated_file_in_output_is_refused_unless_overwrite(photos, tmp_path, 
     (out / "notes.txt").write_text("unrelated, never touched")
     before, in_before = tree_digest(out), tree_digest(src)
     args = ["--model", exported_onnx(), "--input", src, "--output", out, "--labels", csv]
-    rc, _, err = _cli(capsys, *args)
-    _refused(rc, err, str(out), "1 existing file(s) were not written by this job", str(Path(names[1]).with_suffix(".png")),
+    rc, _, err = engine_cli(capsys, *args)
+    one_error_line(rc, err, str(out), "1 existing file(s) were not written by this job", str(Path(names[1]).with_suffix(".png")),
              "--overwrite")
     assert tree_digest(out) == before and tree_digest(src) == in_before  # no state dir either
 
-    rc, out_text, err = _cli(capsys, *args, "--overwrite")
+    rc, out_text, err = engine_cli(capsys, *args, "--overwrite")
     assert rc == 0, err
     rep = json.loads(out_text)
     assert rep["overwritten"]["count"] == 1 and "--overwrite: replaced 1 existing file(s)" in err
     assert (out / "notes.txt").read_text() == "unrelated, never touched"
     with Image.open(out / Path(names[1]).with_suffix(".png")) as im:
         assert im.size == (200, 200)
-    rc, out_text, err = _cli(capsys, *args)  # the same job again: resumes, labels.csv / tasks.json are its own
+    rc, out_text, err = engine_cli(capsys, *args)  # the same job again: resumes, labels.csv / tasks.json are its own
     assert rc == 0 and json.loads(out_text)["skipped"] == 6, err
 
 
@@ -195,8 +177,8 @@ def test_foreign_labels_csv_in_output_is_refused(photos, tmp_path, capsys):
     src, csv, _ = photos
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "labels.csv").write_text("mine\n")
-    rc, _, err = _cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv)
-    _refused(rc, err, "labels.csv", "were not written by this job")
+    rc, _, err = engine_cli(capsys, "--model", exported_onnx(), "--input", src, "--output", tmp_path / "o", "--labels", csv)
+    one_error_line(rc, err, "labels.csv", "were not written by this job")
     assert (tmp_path / "o" / "labels.csv").read_text() == "mine\n"
 
 
@@ -240,7 +222,7 @@ def test_read_only_output_directory_is_one_line_exit_2(photos, tmp_path, where):
         proc = subprocess.run((_drop_privileges() or []) + argv, capture_output=True, text=True, timeout=300)
     finally:
         ro.chmod(0o755)
-    _refused(proc.returncode, proc.stderr, str(out), "not writable")
+    one_error_line(proc.returncode, proc.stderr, str(out), "not writable")
     assert list(ro.iterdir()) == []
 
 
@@ -251,8 +233,8 @@ def test_corrupt_or_truncated_onnx_is_one_line_naming_the_file(photos, tmp_path,
     data = exported_onnx().read_bytes()
     model = tmp_path / "gen.onnx"
     model.write_bytes(data[: int(len(data) * cut)] if cut else np.random.default_rng(0).bytes(5000))
-    rc, _, err = _cli(capsys, "--model", model, "--input", src, "--output", tmp_path / "o", "--labels", csv)
-    _refused(rc, err, str(model))
+    rc, _, err = engine_cli(capsys, "--model", model, "--input", src, "--output", tmp_path / "o", "--labels", csv)
+    one_error_line(rc, err, str(model))
     assert not (tmp_path / "o").exists()
 
 
@@ -260,8 +242,8 @@ def test_model_with_unknown_suffix_says_so(photos, tmp_path, capsys):
     src, csv, _ = photos
     model = tmp_path / "model.txt"
     model.write_text("not a model")
-    rc, _, err = _cli(capsys, "--model", model, "--input", src, "--output", tmp_path / "o", "--labels", csv)
-    line = _refused(rc, err, str(model), "unknown model format '.txt'", ".onnx")
+    rc, _, err = engine_cli(capsys, "--model", model, "--input", src, "--output", tmp_path / "o", "--labels", csv)
+    line = one_error_line(rc, err, str(model), "unknown model format '.txt'", ".onnx")
     assert "safetensors not found" not in line
 
 
@@ -273,24 +255,24 @@ def test_input_without_images_says_no_images_found(tmp_path, capsys, content):
     for rel in content:
         (inp / rel).parent.mkdir(parents=True, exist_ok=True)
         (inp / rel).write_text("x")
-    rc, _, err = _cli(capsys, "--model", exported_onnx(), "--input", inp, "--output", tmp_path / "o", "--no-labels")
-    _refused(rc, err, f"no images found in {inp}")
+    rc, _, err = engine_cli(capsys, "--model", exported_onnx(), "--input", inp, "--output", tmp_path / "o", "--no-labels")
+    one_error_line(rc, err, f"no images found in {inp}")
     assert not (tmp_path / "o").exists()
 
 
 def test_exclude_split_needs_an_existing_split(photos, tmp_path, capsys):
     src, csv, names = photos
     args = ["--model", exported_onnx(), "--input", src, "--output", tmp_path / "o"]
-    rc, _, err = _cli(capsys, *args, "--labels", csv, "--exclude-split", "test")
-    _refused(rc, err, str(csv), "has no 'split' column")
+    rc, _, err = engine_cli(capsys, *args, "--labels", csv, "--exclude-split", "test")
+    one_error_line(rc, err, str(csv), "has no 'split' column")
     split_csv = tmp_path / "split.csv"
     lab = utk_labels([Path(n).name for n in names])
     split_csv.write_text("file,age,gender,race,split\n" + "".join(
         f"{n},{a},{g},{r},{'test' if i % 2 else 'train'}\n" for i, (n, (a, g, r)) in enumerate(zip(names, lab.tolist()))))
-    rc, _, err = _cli(capsys, *args, "--labels", split_csv, "--exclude-split", "tset")
-    _refused(rc, err, "--exclude-split tset", "its splits: ['test', 'train']")
-    rc, _, err = _cli(capsys, *args, "--no-labels", "--exclude-split", "test")
-    _refused(rc, err, "needs --labels")
+    rc, _, err = engine_cli(capsys, *args, "--labels", split_csv, "--exclude-split", "tset")
+    one_error_line(rc, err, "--exclude-split tset", "its splits: ['test', 'train']")
+    rc, _, err = engine_cli(capsys, *args, "--no-labels", "--exclude-split", "test")
+    one_error_line(rc, err, "needs --labels")
     assert not (tmp_path / "o").exists()
 
 
@@ -306,6 +288,6 @@ def test_any_size_onnx_is_refused_up_front(photos, tmp_path, capsys):
     torch.manual_seed(0)
     any_onnx = export_onnx(MTLUEGenerator(UTKFACE_TASKS, image_size=16).eval(), tmp_path / "any.onnx", any_size=True)
     before = tree_digest(src)
-    rc, _, err = _cli(capsys, "--model", any_onnx, "--input", src, "--output", tmp_path / "out", "--no-labels")
-    _refused(rc, err, "any.onnx", "--any-size")
+    rc, _, err = engine_cli(capsys, "--model", any_onnx, "--input", src, "--output", tmp_path / "out", "--no-labels")
+    one_error_line(rc, err, "any.onnx", "--any-size")
     assert tree_digest(src) == before and not any((tmp_path / "out").glob("**/*.png"))

@@ -240,3 +240,24 @@ def write_labels_csv(path: Path, names, header: str = "path,age,gender,race", ex
     rows = [header] + [f"{n},{a},{g},{r}" for n, (a, g, r) in zip(names, lab.tolist())] + list(extra or [])
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def engine_cli(capsys, *args) -> tuple[int, str, str]:
+    """``mtlguard-engine protect --no-progress ARGS`` in process: ``(exit code, stdout, stderr)``."""
+    from mtlguard.engine.cli import main as engine_main
+
+    capsys.readouterr()  # drop what preparing the arguments printed (e.g. the first `mtlguard export`)
+    rc = engine_main(["protect", "--no-progress", *map(str, args)])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def one_error_line(rc: int, err: str, *needles: str) -> str:
+    """Exit 2 with exactly one stderr line 'mtlguard-engine: error: ...' containing every needle."""
+    lines = err.strip().splitlines()
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1 and lines[0].startswith("mtlguard-engine: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
