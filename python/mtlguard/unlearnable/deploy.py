@@ -39,6 +39,7 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..data.imageio import atomic_save_npy
+from .rows import generator_row_file, is_generator_file_method, method_label
 from .victims import DEFENSES, VictimRecipe, VictimSpec, train_victim
 
 #: method names the protocol understands (besides ``gen:<path>``)
@@ -113,11 +114,6 @@ class Job:
     def dirname(self) -> str:
         safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in self.key.replace("|", "__"))
         return safe[:180]
-
-
-def method_label(method: str) -> str:
-    """Short row label: ``gen:runs/x/generator.onnx`` -> ``gen:generator``."""
-    return f"gen:{Path(method[4:]).stem}" if method.startswith("gen:") else method
 
 
 def plan_jobs(cfg: DeployConfig) -> list[Job]:
@@ -225,15 +221,8 @@ class DeployProtocol:
 
     def generator_file(self, method: str) -> Path:
         """The generator a generator row runs through the engine."""
-        if method == "bundled":
-            from mtlguard.engine.pipeline import default_model
-
-            return default_model()
-        if method.startswith("gen:"):
-            p = Path(method[4:])
-            if not p.exists():
-                raise FileNotFoundError(f"generator not found: {p}")
-            return p
+        if is_generator_file_method(method):
+            return generator_row_file(method)
         if self.fit_options is None:
             raise ValueError(f"method {method!r} needs a fitted generator but no fit recipe was given")
         return Path(self.fit_options(method))

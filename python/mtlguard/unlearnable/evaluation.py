@@ -50,6 +50,7 @@ from ..data.tasks import TaskSpec
 from .fitting import FitConfig, fit_generator
 from .generator import DELTA_UNITS, LEGACY_DELTA_UNITS, MTLUEGenerator
 from .patterns import ClasswisePatterns
+from .rows import generator_row_file, is_generator_file_method, method_label
 from .protect import (DEFENSES, ProtectedDataset, generator_file_protector, generator_protector, pattern_protector, protect_images,
                       table_protector)
 from .samplewise import samplewise_em, samplewise_tap
@@ -60,17 +61,10 @@ MTLUE = ("mtl-ue-em", "mtl-ue-tap", "mtl-ue-sep")
 METHODS = ("clean",) + BASELINES + MTLUE
 
 
-def is_generator_file_method(method: str) -> bool:
-    """``bundled`` (the shipped default generator) or ``gen:<file>`` (an exported / saved generator)."""
-    return method == "bundled" or method.startswith("gen:")
-
-
 def method_file_label(method: str) -> str:
     """A file-name-safe key of a method: ``gen:runs/x/g.onnx`` -> ``gen_g``, ``mtl-ue-tap:age+race`` ->
     ``mtl-ue-tap_age-race``."""
-    if method.startswith("gen:"):
-        return f"gen_{Path(method[4:]).stem}"
-    return method.replace(":", "_").replace("+", "-")
+    return method_label(method).replace(":", "_").replace("+", "-")
 
 
 @dataclass
@@ -266,7 +260,7 @@ class ProtectionBenchmark:
         base = "generator-file" if is_generator_file_method(method) else method.split(":")[0]
         eps = cfg.eps
         if base == "generator-file":  # what mtlguard-engine writes, at this benchmark's image size
-            arr = protect_images(self.train_set, generator_file_protector(self.generator_path(method), self.tasks),
+            arr = protect_images(self.train_set, generator_file_protector(generator_row_file(method), self.tasks),
                                  eps, desc=method, progress=cfg.progress)
         elif base == "clean":
             arr = protect_images(self.train_set, lambda x, t, i: torch.zeros_like(x), eps, progress=False)
@@ -298,18 +292,6 @@ class ProtectionBenchmark:
             arr = np.where(self.protected_mask()[:, None, None, None], arr, self.protected_images("clean"))
         atomic_save_npy(cache, arr)
         return arr
-
-    @staticmethod
-    def generator_path(method: str) -> Path:
-        """The file of a ``bundled`` / ``gen:<file>`` row."""
-        if method == "bundled":
-            from mtlguard.engine.pipeline import default_model
-
-            return Path(default_model())
-        path = Path(method[4:])
-        if not path.exists():
-            raise FileNotFoundError(f"generator not found: {path}")
-        return path
 
     def protected_mask(self) -> np.ndarray:
         """bool ``[N]``: the training images a method protects (all unless ``protect_fraction < 1``)."""
@@ -373,7 +355,7 @@ class ProtectionBenchmark:
             arr = self.protected_images(method)
             src = self.protected_images("clean")
             diff = np.abs(arr.astype(np.int16) - src.astype(np.int16))
-            label = f"gen:{Path(method[4:]).stem}" if method.startswith("gen:") else method
+            label = method_label(method)
             for defense in cfg.defenses:
                 key = (label if defense == "none" else
                        f"{label} + AT-{cfg.at_eps * 255:g}" if defense == "at" else f"{label} + ISS-{defense}")
