@@ -173,3 +173,10 @@ def test_deploy_fits_a_robust_row_then_reuses_it(utkface_root, tmp_path, capsys)
     changed = [a if a != "luma" else "all" for a in argv]
     with pytest.raises(SystemExit, match="other settings"):
         main(changed)
+    # a folder recorded before an option existed still resumes while that option is off, not once it is on
+    recorded = json.loads((gdir / "fit_options.json").read_text())
+    del recorded["fit"]["surrogate_adv_mix"]
+    (gdir / "fit_options.json").write_text(json.dumps(recorded))
+    assert main(argv) == 0
+    with pytest.raises(SystemExit, match="surrogate_adv_mix"):
+        main(argv + ["--surrogate-adv-mix", "--surrogate-adv-eps", "4"])

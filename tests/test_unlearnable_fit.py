@@ -199,3 +199,35 @@ def test_adversarial_surrogate_recipe(native_utk, tmp_path):
     assert any(not torch.equal(clean[k], robust[k]) for k in clean)  # fine-tuned
     cfg = json.loads((tmp_path / "generator.json").read_text())
     assert cfg["extra"]["recipe"]["surrogate_adv_eps"] == pytest.approx(4 / 255)
+
+
+def test_adversarial_surrogate_mix_fits_through_clean_and_robust_together(native_utk, tmp_path):
+    """``surrogate_adv_mix``: L_b is the mean over the clean surrogate and its PGD-AT fine-tune, i.e. the fit
+    equals fit_generator over [clean, robust] (same seeds, bit for bit); the surrogates are named in the config."""
+    from mtlguard.unlearnable.recipes import GeneratorRecipe, fit_recipe
+    from mtlguard.unlearnable.surrogate import build_surrogate
+
+    def recipe(**kw):
+        return GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16, surrogate_archs=("small_cnn",),
+                               surrogate_epochs=1, surrogate_adv_eps=4 / 255, surrogate_adv_epochs=1, **kw)
+
+    gen, _ = fit_recipe(recipe(surrogate_adv_mix=True), native_utk, tmp_path / "mix", progress=False)
+    cfg = json.loads((tmp_path / "mix" / "generator.json").read_text())
+    assert cfg["extra"]["surrogates"] == ["small_cnn", "small_cnn (PGD-AT 4/255)"]
+    assert cfg["extra"]["recipe"]["surrogate_adv_mix"] is True
+
+    surs = []
+    for name in ("clean_surrogate.pt", "robust_clean_surrogate.pt"):
+        s = build_surrogate(native_utk.tasks, 3, 24, "small_cnn")
+        s.load_state_dict(torch.load(tmp_path / "mix" / name, weights_only=True)["snapshots"][-1])
+        surs.append(s)
+    torch.manual_seed(0)
+    ref = MTLUEGenerator(native_utk.tasks, image_size=(16, 16))
+    fit_generator(ref, native_utk, surs, _robust_cfg(base="tap", epochs=1), out_dir=tmp_path / "ref", progress=False)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, gen.state_dict()[k]), k
+
+    robust_only, _ = fit_recipe(recipe(), native_utk, tmp_path / "robust", progress=False)
+    assert any(not torch.equal(v, robust_only.state_dict()[k]) for k, v in gen.state_dict().items())
+    with pytest.raises(ValueError, match="surrogate_adv_mix"):
+        GeneratorRecipe(fit=_robust_cfg(base="tap"), surrogate_adv_mix=True)  # no PGD-AT fine-tune to mix in

@@ -11,7 +11,7 @@ from pathlib import Path
 FIT_OPTIONS = ("gen_size", "delta_channels", "eot", "eot_sizes", "eot_defenses", "adv_eps", "adv_steps", "joint",
                "reinit_every", "gen_epochs", "gen_batch_size", "gen_train_steps", "gen_delta_units", "arch",
                "surrogate_epochs", "surrogate_archs", "amp", "channels_last", "surrogate_adv_eps",
-               "surrogate_adv_epochs")
+               "surrogate_adv_epochs", "surrogate_adv_mix")
 
 
 def _split(s: str | None) -> list[str]:
@@ -60,7 +60,8 @@ def fit_recipe_for(args, train_set, work: Path):
                                  delta_channels=args.delta_channels, surrogate_archs=_surrogate_archs(args),
                                  surrogate_epochs=args.surrogate_epochs, sep_checkpoints=args.sep_checkpoints,
                                surrogate_adv_eps=args.surrogate_adv_eps / 255,
-                               surrogate_adv_epochs=args.surrogate_adv_epochs)
+                               surrogate_adv_epochs=args.surrogate_adv_epochs,
+                               surrogate_adv_mix=args.surrogate_adv_mix)
         gen, _ = fit_recipe(recipe, train_set, out, device=args.device, progress=not args.no_progress)
         from mtlguard.export import export_onnx
 
@@ -90,6 +91,17 @@ def _in_memory_benchmark(args, cfg, work: Path):
                                args.test_subset), pcfg, work / "in_memory")
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """``{"fit": {"eot": ..}}`` -> ``{"fit.eot": ..}`` (nested settings compared and named one by one)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _check_work(work: Path, fingerprint: dict, name: str = "deploy_config.json") -> None:
     """Record ``fingerprint`` in ``work/name``, or refuse (one line) a folder recorded with other settings."""
     from ..atomic import atomic_write_text
@@ -97,10 +109,12 @@ def _check_work(work: Path, fingerprint: dict, name: str = "deploy_config.json")
     fingerprint = json.loads(json.dumps(fingerprint))
     path = work / name
     if path.is_file():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        recorded = json.loads(path.read_text())
+        old, new = _flat(recorded), _flat(fingerprint)
+        # an option recorded before it existed (absent from ``old``) matches its off value (False / 0 / None)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not (k not in old and not new[k]))
         if diff:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
             raise SystemExit(f"evaluate-protection: work folder {work} holds results made with other settings "
                              f"({detail}); use another --work folder, or the same settings to resume")
         return

@@ -54,7 +54,8 @@ def recipe_from_args(args, eps: float):
                                delta_channels=args.delta_channels, large_stem=args.large_stem, surrogate_archs=archs,
                                surrogate_epochs=args.surrogate_epochs, sep_checkpoints=args.sep_checkpoints,
                                surrogate_adv_eps=args.surrogate_adv_eps / 255,
-                               surrogate_adv_epochs=args.surrogate_adv_epochs)
+                               surrogate_adv_epochs=args.surrogate_adv_epochs,
+                               surrogate_adv_mix=args.surrogate_adv_mix)
     except ValueError as e:
         raise SystemExit(f"mtlguard fit: {e}") from None
 

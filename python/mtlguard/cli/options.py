@@ -170,5 +170,8 @@ def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
                    help="TAP/SEP: fine-tune the clean surrogates with PGD-AT at this L-inf radius (1/255 units; 0 = "
                         "off), for perturbations that target adversarially trained victims (default: %(default)s)")
     p.add_argument("--surrogate-adv-epochs", type=int, default=5, help="PGD-AT fine-tuning epochs (default: %(default)s)")
+    p.add_argument("--surrogate-adv-mix", action="store_true",
+                   help="TAP: fit through the clean surrogates and their PGD-AT fine-tunes together (L_b averaged "
+                        "over both), for victims that may or may not train adversarially")
     p.add_argument("--reinit-every", type=int, default=0,
                    help="EM: re-initialize the surrogates every N rounds (0 = never) (default: %(default)s)")

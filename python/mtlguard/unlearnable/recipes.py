@@ -7,6 +7,7 @@ and saves ``out_dir/generator.safetensors`` with the recipe in its config's ``ex
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class GeneratorRecipe:
     surrogate_adv_eps: float = 0.0    # TAP/SEP: fine-tune the clean surrogates with PGD-AT at this L-inf radius
     surrogate_adv_epochs: int = 5
     surrogate_adv_steps: int = 5
+    surrogate_adv_mix: bool = False   # keep the clean surrogates next to their PGD-AT fine-tunes (a 2x ensemble)
 
     def __post_init__(self):
         self.surrogate_archs = tuple(self.surrogate_archs)
@@ -44,6 +46,8 @@ class GeneratorRecipe:
             raise ValueError("GeneratorRecipe: at least one surrogate architecture is needed")
         if len(self.surrogate_archs) > 1 and self.fit.base == "sep":
             raise ValueError("GeneratorRecipe: SEP's checkpoint ensemble uses one surrogate architecture")
+        if self.surrogate_adv_mix and not (self.surrogate_adv_eps > 0 and self.fit.base == "tap"):
+            raise ValueError("GeneratorRecipe: surrogate_adv_mix needs base 'tap' and surrogate_adv_eps > 0")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -100,18 +104,27 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
                          delta_channels=recipe.delta_channels)
     sur_size = max(recipe.fit.eot.sizes) if recipe.fit.eot is not None else size[0]
     surs = [build_surrogate(train_set.tasks, channels, sur_size, a) for a in recipe.surrogate_archs]
-    snaps = None
+    snaps, robust = None, []
     if recipe.fit.base != "em":  # clean-trained, frozen surrogates (TAP: one per architecture)
         for i, (arch, sur) in enumerate(zip(recipe.surrogate_archs, surs)):
             name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{arch}.pt"
             arch_snaps = _clean_snapshots(recipe, sur, train_set, out, device, progress, name)
             sur.load_state_dict(arch_snaps[-1])
             if recipe.surrogate_adv_eps > 0:
+                clean_state = arch_snaps[-1]
                 arch_snaps = _robust_snapshots(recipe, sur, train_set, out, device, progress, f"robust_{name}")
+                if recipe.surrogate_adv_mix:  # L_b = mean over {clean, robust}: both kinds of victim
+                    robust.append(copy.deepcopy(sur))
+                    robust[-1].load_state_dict(arch_snaps[-1])
+                    arch_snaps = [clean_state]
                 sur.load_state_dict(arch_snaps[-1])
             snaps = snaps or arch_snaps
+        surs = surs + robust
+    at = f" (PGD-AT {recipe.surrogate_adv_eps * 255:g}/255)"
+    names = [a + (at if recipe.surrogate_adv_eps > 0 and not recipe.surrogate_adv_mix else "")
+             for a in recipe.surrogate_archs] + [a + at for a in recipe.surrogate_archs[:len(robust)]]
     res = fit_generator(gen, train_set, surs, recipe.fit, snapshots=snaps if recipe.fit.base == "sep" else None,
                         out_dir=out, device=device, progress=progress)
     gen.save(out / "generator.safetensors", extra={**(extra or {}), "recipe": recipe.to_dict(), "rounds": res.rounds,
-                                                   "stopped_early": res.stopped_early})
+                                                   "stopped_early": res.stopped_early, "surrogates": names})
     return gen.cpu(), res
