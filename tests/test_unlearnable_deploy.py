@@ -180,3 +180,25 @@ def test_deploy_fits_a_robust_row_then_reuses_it(utkface_root, tmp_path, capsys)
     assert main(argv) == 0
     with pytest.raises(SystemExit, match="surrogate_adv_mix"):
         main(argv + ["--surrogate-adv-mix", "--surrogate-adv-eps", "4"])
+
+
+def test_pattern_rows_are_made_at_the_native_size_with_its_l2_budget(utkface_root, tmp_path):
+    """LSP / AR rows: the class-wise patterns of A.1 made for the native 200x200 images (l2 budget 200/32 *
+    200/32), not 32 px patterns stretched with the 32 px budget; every unclipped pixel carries exactly them."""
+    from mtlguard.data.utkface import UTKFace
+    from mtlguard.unlearnable.deploy import DeployProtocol
+    from mtlguard.unlearnable.patterns import ClasswisePatterns, l2_bound
+
+    data = [UTKFace(utkface_root, split=s, image_size=200, subset=n, seed=0, cache_dir=tmp_path / "cache",
+                    progress=False) for s, n in (("train", 8), ("test", 4))]
+    proto = DeployProtocol(*data, DeployConfig(methods=("clean", "lsp-patch", "ar-patch")), tmp_path / "work")
+    clean = proto.training_set("clean", "png").astype(np.float64)
+    labels = torch.stack([torch.as_tensor(proto.labels(data[0])[t.name]) for t in UTKFACE_TASKS], 1)
+    for kind in ("lsp", "ar"):
+        prot = proto.training_set(f"{kind}-patch", "png").astype(np.float64)
+        want = ClasswisePatterns(UTKFACE_TASKS, kind=kind, fusion="patch", image_size=(200, 200), seed=0)(labels)
+        want = want.permute(0, 2, 3, 1).numpy() * 255
+        inside = (prot > 0) & (prot < 255)
+        assert np.abs((prot - clean) - want)[inside].max() <= 0.5 + 1e-3  # uint8 rounding only
+        assert np.linalg.norm(want.reshape(8, -1) / 255, axis=1) == pytest.approx(l2_bound((200, 200)), rel=1e-4)
+        assert np.sqrt(((prot - clean) ** 2).mean()) > 20  # RMS ~29/255, vs 4.6/255 for the 32 px budget

@@ -72,12 +72,12 @@ def fit_recipe_for(args, train_set, work: Path):
 
 
 def _in_memory_benchmark(args, cfg, work: Path):
-    """The generator-resolution benchmark that computes sample-wise / pattern rows (only when asked for)."""
+    """The generator-resolution benchmark that computes sample-wise rows (only when asked for)."""
     from ..unlearnable.cli_common import load_split
-    from ..unlearnable.deploy import IN_MEMORY
+    from ..unlearnable.deploy import SAMPLEWISE
     from ..unlearnable.evaluation import ProtectionBenchmark, ProtectionConfig
 
-    wanted = [m for m in cfg.methods if m in IN_MEMORY]
+    wanted = [m for m in cfg.methods if m in SAMPLEWISE]
     if not wanted:
         return None
     size = args.gen_size or 32

@@ -4,11 +4,13 @@ way other people train (``mtlguard evaluate-protection --protocol deploy``).
 1. **Protected training files by the deployment path.**  Each generator row is exported to ONNX and run
    by :func:`mtlguard.engine.protect_directory` over copies of the native-resolution training files
    (UTKFace: 200x200 JPEGs), written as PNG (or JPEG at ``jpeg_quality``), then decoded back.  Victims
-   never see in-memory generator tensors.  Rows that are not generators (sample-wise TAP / EM / SEP,
-   LSP / AR patterns) are computed at the generator resolution by
-   :class:`mtlguard.unlearnable.evaluation.ProtectionBenchmark` and applied at native resolution by
-   the engine's own step (:func:`mtlguard.engine.perturb.apply_delta_batch`: bilinear upsampling,
-   re-clip, round); PNG being lossless, their files are not written.
+   never see in-memory generator tensors.  Sample-wise TAP / EM / SEP rows are computed at the generator
+   resolution by :class:`mtlguard.unlearnable.evaluation.ProtectionBenchmark` and applied at native
+   resolution by the engine's own step (:func:`mtlguard.engine.perturb.apply_delta_batch`: bilinear
+   upsampling, re-clip, round); LSP / AR patterns are made at the native resolution with A.1's l2 budget
+   for it (``H/32 * W/32``: it grows with the image, so the paper's 140 px patterns are ~4x stronger per
+   pixel than 32 px ones, which is why LSP / AR made at 32 px have no effect); PNG being lossless, these
+   rows' files are not written.
 2. **Victims** (:mod:`.victims`): architectures, input sizes, weightings and seeds as listed, random-
    resized-crop + flip, trained ``recipe.epochs`` epochs, tested on clean native test images resized to
    their input size.
@@ -44,7 +46,9 @@ from .victims import DEFENSES, VictimRecipe, VictimSpec, train_victim
 
 #: method names the protocol understands (besides ``gen:<path>``)
 FITTED = ("mtl-ue-em", "mtl-ue-tap", "mtl-ue-sep")
-IN_MEMORY = ("tap", "em", "sep", "lsp-patch", "ar-patch", "lsp-average", "ar-average")
+SAMPLEWISE = ("tap", "em", "sep")  # computed by the generator-resolution in-memory benchmark
+PATTERNS = ("lsp-patch", "ar-patch", "lsp-average", "ar-average")  # made at the native resolution
+IN_MEMORY = SAMPLEWISE + PATTERNS
 DEPLOY_METHODS = ("clean", "bundled") + FITTED + IN_MEMORY
 DEFAULT_VICTIMS = ("resnet18@32x3", "resnet18@64x3", "vgg11@32", "vgg11@64", "mobilenet_v3_small@32",
                    "mobilenet_v3_small@64", "resnet18@32:uw", "resnet18@32:stl")
@@ -173,7 +177,7 @@ class DeployProtocol:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.fit_options = fit_options  # callable(method) -> path of a fitted generator (the CLI's fit recipe)
-        self.in_memory = in_memory      # a ProtectionBenchmark at the generator resolution, for IN_MEMORY rows
+        self.in_memory = in_memory      # a ProtectionBenchmark at the generator resolution, for SAMPLEWISE rows
         self._sets: dict[tuple[str, str], np.ndarray] = {}
         self._test = None
 
@@ -249,19 +253,40 @@ class DeployProtocol:
             arr.append(np.asarray(Image.open(p).convert("RGB")))
         return np.stack(arr)
 
+    def _pattern_set(self, method: str) -> np.ndarray:
+        """LSP / AR made at the training images' own size with A.1's l2 budget for that size (``H/32 * W/32``:
+        RMS 29/255 at 200 px), as the papers apply them at their 140 px; the same patterns made at 32 px and
+        upsampled keep the 32 px budget (RMS 4.6/255) and have no effect (module docstring)."""
+        from .patterns import ClasswisePatterns
+        from .protect import pattern_protector
+
+        native = self._stack(self.train_set)
+        kind, fusion = method.split("-")
+        pats = ClasswisePatterns(self.tasks, kind=kind, fusion=fusion, in_channels=native.shape[3],
+                                 image_size=native.shape[1:3], seed=self.cfg.seed)
+        protect = pattern_protector(pats)
+        labels = {k: torch.as_tensor(v) for k, v in self.labels(self.train_set).items()}
+        out = np.empty_like(native)
+        for i in range(0, len(native), 64):
+            x = torch.from_numpy(native[i:i + 64]).permute(0, 3, 1, 2).float() / 255
+            delta = protect(x, {k: v[i:i + 64] for k, v in labels.items()}, None)
+            out[i:i + 64] = ((x + delta) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return out
+
     def _in_memory_set(self, method: str) -> np.ndarray:
         from mtlguard.engine.perturb import apply_delta_batch
 
+        if method in PATTERNS:
+            return self._pattern_set(method)
         if self.in_memory is None:
             raise ValueError(f"method {method!r} needs the in-memory benchmark (generator-resolution dataset)")
         small = self.in_memory.protected_images(method).astype(np.float32)
         clean = self.in_memory.protected_images("clean").astype(np.float32)
         delta = ((small - clean) / 255.0).transpose(0, 3, 1, 2)
         native = self._stack(self.train_set)
-        bound = self.cfg.eps if not method.startswith(("lsp", "ar")) else 1.0  # LSP / AR are l2-bounded
         out = np.empty_like(native)
         for i in range(0, len(native), 64):
-            out[i:i + 64], _ = apply_delta_batch(native[i:i + 64], np.ascontiguousarray(delta[i:i + 64]), bound)
+            out[i:i + 64], _ = apply_delta_batch(native[i:i + 64], np.ascontiguousarray(delta[i:i + 64]), self.cfg.eps)
         return out
 
     def training_set(self, method: str, output: str) -> np.ndarray:
