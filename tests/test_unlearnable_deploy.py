@@ -56,6 +56,15 @@ def test_plan_has_a_clean_reference_for_every_run():
     zoo = plan_jobs(DeployConfig(methods=("clean", "bundled", "lsp-patch"), headline="lsp-patch", victims=("vgg11@64",),
                                  defenses=("standard",)))
     assert {j.method for j in zoo if j.victim.key == "vgg11@64"} == {"lsp-patch", "clean"}
+    # defense victim x3: the headline's defense columns over 3 seeds (with clean references), the others seed 0
+    seeded = plan_jobs(DeployConfig(methods=("clean", "bundled", "lsp-patch"), victims=("resnet18@32",),
+                                    defenses=("standard", "grayscale", "at"), defense_victim="resnet18@32x3",
+                                    jpeg_victims=()))
+    cells = {(j.method, j.defense): sorted(k.seed for k in seeded if (k.method, k.defense) == (j.method, j.defense))
+             for j in seeded}
+    assert all(cells[(m, d)] == [0, 1, 2] for m in ("bundled", "clean") for d in ("standard", "grayscale", "at"))
+    assert all(cells[("lsp-patch", d)] == [0] for d in ("standard", "grayscale", "at"))
+    assert [j.seed for j in seeded][-1] == 2  # extra seeds last
     with pytest.raises(ValueError, match="unknown method"):
         DeployConfig(methods=("clean", "nope"))
     with pytest.raises(ValueError, match="headline"):
@@ -78,6 +87,10 @@ def test_summarize_pr_and_worst_task():
     assert r["acc"]["a"] == pytest.approx(0.55) and r["pr"]["a"] == pytest.approx(0.25 / 0.3)
     assert r["pr"]["b"] == pytest.approx(0.1 / 0.2) and r["worst_task"] == "b" and r["worst_pr"] == pytest.approx(0.5)
     assert r["pr_std"]["a"] == pytest.approx(np.std([1.0, 2 / 3]))
+    from mtlguard.unlearnable.deploy_report import defense_table
+
+    table = defense_table(rows, "v@32", ["standard"], ["a", "b"])  # mean PR ± per-seed spread (b: 0.25, 0.75)
+    assert f"| g | {0.25 / 0.3:.2f}±{np.std([1.0, 2 / 3]):.2f} / **0.50±0.25** | 0.50 (standard) |" in table
 
 
 def test_defenses_and_training_time_options_run(utkface_root, tmp_path):

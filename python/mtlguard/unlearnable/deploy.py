@@ -127,8 +127,9 @@ def plan_jobs(cfg: DeployConfig) -> list[Job]:
     first protected method) also go through the whole victim zoo, its seeds and the JPEG output.  Order:
     the defense victim under standard training (all methods), per headline method its cheap defenses, its
     other victims (seed 0) and PGD-AT, the other methods behind
-    each defense, the JPEG output, then the extra seeds -- so a run stopped early (``--time-budget``) has the
-    most informative cells."""
+    each defense, the JPEG output, then the extra seeds (the zoo's, then the defense victim's: ``defense_victim``
+    ``ARCH@SIZExN`` runs the headline's defense columns over N seeds) -- so a run stopped early
+    (``--time-budget``) has the most informative cells."""
     protected = [m for m in cfg.methods if m != "clean"]
     heads = cfg.headline_methods() or ["clean"]
     others = [m for m in protected if m not in heads]
@@ -163,6 +164,10 @@ def plan_jobs(cfg: DeployConfig) -> list[Job]:
         for spec in cfg.victim_specs:
             for s in range(1, spec.seeds):
                 add(head, "png", "standard", spec, s)
+    for head in heads:  # ``defense_victim`` ARCH@SIZExN: the headline's defense columns over N seeds
+        for s in range(1, cfg.defense_spec.seeds):
+            for d in cfg.defenses:
+                add(head, "png", d, cfg.defense_spec, s)
     return jobs
 
 

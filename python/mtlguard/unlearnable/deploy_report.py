@@ -103,8 +103,9 @@ def defense_matrix(rows: Sequence[dict], victim: str, defenses: Sequence[str], o
 
 def defense_table(rows: Sequence[dict], victim: str, defenses: Sequence[str], tasks: Sequence[str],
                   label=str, output: str = "png") -> str:
-    """Methods x defenses on ``victim``: each cell the PR per task (worst task in bold), plus the column
-    "worst defense" (smallest worst-task PR over the defenses with results)."""
+    """Methods x defenses on ``victim``: each cell the PR per task (worst task in bold; with several seeds the
+    PR of the mean accuracies ± the per-seed spread), plus the column "worst defense" (smallest worst-task PR
+    over the defenses with results)."""
     mat = defense_matrix(rows, victim, defenses, output)
     head = ["method"] + list(defenses) + ["worst defense"]
     lines = [f"PR {' / '.join(tasks)} (worst task in bold), victim {victim}:", "",
@@ -116,7 +117,8 @@ def defense_table(rows: Sequence[dict], victim: str, defenses: Sequence[str], ta
             if r is None:
                 row.append("-")
                 continue
-            row.append(" / ".join(f"**{_pr(r['pr'][t])}**" if t == r["worst_task"] else _pr(r["pr"][t]) for t in tasks))
+            row.append(" / ".join(f"**{_pr(r['pr'][t], r['pr_std'][t])}**" if t == r["worst_task"]
+                                  else _pr(r["pr"][t], r["pr_std"][t]) for t in tasks))
         worst = [(cells[d]["worst_pr"], d) for d in defenses if d in cells and not math.isnan(cells[d]["worst_pr"])]
         row.append(f"{_pr(min(worst)[0])} ({min(worst)[1]})" if worst else "-")
         lines.append("| " + " | ".join(row) + " |")
