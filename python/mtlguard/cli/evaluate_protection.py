@@ -89,8 +89,8 @@ def add_parser(subparsers) -> None:
                    help="comma list of ARCH@SIZE[:WEIGHTING][xSEEDS] (default: %(default)s)")
     g.add_argument("--headline", default=None, help="comma list: the method(s) trained on every victim, seed and the JPEG output "
                    "(the others: on --defense-victim behind every defense); default: the first protected method")
-    g.add_argument("--defense-victim", default="resnet18@32", help="victim trained behind every defense "
-                   "(default: %(default)s)")
+    g.add_argument("--defense-victim", default="resnet18@32", help="victim trained behind every defense; "
+                   "ARCH@SIZExN: the headline method(s) behind every defense over N seeds (default: %(default)s)")
     g.add_argument("--jpeg-victims", default="resnet18@32,resnet18@64",
                    help="victims of the JPEG-output rows (default: %(default)s)")
     g.add_argument("--jpeg-quality", type=int, default=90, help="engine JPEG output quality (default: %(default)s)")
