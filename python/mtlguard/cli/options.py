@@ -131,8 +131,8 @@ def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 #: the deployment protocol's default victim zoo (= mtlguard.unlearnable.deploy.DEFAULT_VICTIMS; a test keeps them equal)
-DEPLOY_VICTIMS = ("resnet18@32x3", "resnet18@64x3", "vgg11@32", "vgg11@64", "mobilenet_v3_small@32",
-                  "mobilenet_v3_small@64", "resnet18@32:uw", "resnet18@32:stl")
+DEPLOY_VICTIMS = ("resnet18@32x3", "resnet18@64x3", "vgg11@32", "vgg11@64", "densenet121@32",
+                  "densenet121@64", "resnet18@32:uw", "resnet18@32:stl")
 
 
 def add_delta_units_arg(p: argparse.ArgumentParser, flag: str) -> None:

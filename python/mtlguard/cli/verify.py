@@ -6,7 +6,7 @@ Example (the engine's output carries labels.csv and tasks.json; the test split w
 
     mtlguard-engine protect --model gen.onnx --input data/ --output protected/ --labels data/labels.csv \\
         --exclude-split test
-    mtlguard verify --clean data/ --protected protected/ --victims resnet18@32,mobilenet_v3_small@32 \\
+    mtlguard verify --clean data/ --protected protected/ --victims resnet18@32,densenet121@32 \\
         --defenses standard,grayscale --out verify-report/
 """
 from __future__ import annotations
