@@ -139,6 +139,7 @@ def test_deploy_cli_end_to_end_and_resume(utkface_root, tmp_path, capsys):
     assert rows[("png", "standard", "small_cnn@16")]["seeds"] == [0, 1]
     md = (tmp_path / "rep" / "dep.md").read_text()
     assert "PR age" in md and "worst defense" in md and "evaluate-protection --protocol deploy" in md
+    assert "victims trained with 1 CPU threads" in md  # what the runs recorded (the one_thread fixture)
     assert (tmp_path / "rep" / "dep.png").stat().st_size > 1000
     # the engine wrote PNGs within the bound, next to copies of the inputs (the dataset folder untouched)
     pngs = sorted((tmp_path / "work" / "engine" / "gen_gen_png").rglob("*.png"))

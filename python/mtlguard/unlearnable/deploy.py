@@ -362,7 +362,8 @@ class VictimRuns:
         t0 = time.time()
         res = train_victim(job.victim, self.recipe, self.tasks, images(), self.train_labels, self.test_images,
                            self.test_labels, job.defense, job.seed, progress=self.progress)
-        res.update(method=job.method, output=job.output, defense=job.defense, victim=job.victim.key, seed=job.seed)
+        res.update(method=job.method, output=job.output, defense=job.defense, victim=job.victim.key, seed=job.seed,
+                   threads=torch.get_num_threads())
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(res, indent=1))
         if self.progress:

@@ -141,7 +141,7 @@ def heatmap(rows: Sequence[dict], victims: Sequence[str], defense_victim: str, d
               (f"defense ({defense_victim})", list(defenses), lambda m, c: mat.get(m, {}).get(c, {}).get("worst_pr"))]
     fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * (len(victims) + len(defenses)), 1.2 + 0.5 * len(methods)),
                              squeeze=False)
-    for ax, (title, cols, get) in zip(axes[0], panels):
+    for k, (ax, (title, cols, get)) in enumerate(zip(axes[0], panels)):
         data = np.full((len(methods), len(cols)), np.nan)
         for i, m in enumerate(methods):
             for j, c in enumerate(cols):
@@ -154,13 +154,24 @@ def heatmap(rows: Sequence[dict], victims: Sequence[str], defense_victim: str, d
                 ax.text(j, i, "-" if np.isnan(data[i, j]) else f"{data[i, j]:.2f}", ha="center", va="center",
                         fontsize=7)
         ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right", fontsize=7)
-        ax.set_yticks(range(len(methods)), [label(m) for m in methods], fontsize=7)
+        ax.set_yticks(range(len(methods)), [label(m) for m in methods] if k == 0 else [], fontsize=7)  # rows shared
         ax.set_title(f"worst-task PR, {title}", fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="PR (1 = majority class, 0 = clean)")
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"))
     finally:
         plt.close(fig)
+
+
+def _victim_threads(results: Mapping[str, dict]) -> str:
+    """``"2 CPU threads"``: what the victim runs recorded; runs made before they recorded it are not counted
+    (then the count is this process's, said so)."""
+    import torch
+
+    seen = sorted({int(r["threads"]) for r in results.values() if "threads" in r})
+    if seen and all("threads" in r for r in results.values()):
+        return f"victims trained with {'/'.join(map(str, seen))} CPU threads"
+    return f"{torch.get_num_threads()} CPU threads when this report was written (not every victim run recorded its own)"
 
 
 def write_deploy_report(results: Mapping[str, dict], *, tasks: Sequence[str], majority: Mapping[str, float],
@@ -179,7 +190,8 @@ def write_deploy_report(results: Mapping[str, dict], *, tasks: Sequence[str], ma
     rows = summarize(results, tasks, majority)
     victims = [_strip_seeds(v) for v in config["victims"]]
     env = {"device": config.get("device", "cpu"), "torch": torch.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "threads": torch.get_num_threads()}
+           "machine": platform.machine(), "threads": torch.get_num_threads(),
+           "victim_threads": _victim_threads(results)}
     payload = {"command": command, "config": config, "environment": env, "tasks": list(tasks),
                "majority": dict(majority), "planned_runs": planned, "finished_runs": len(results),
                "summary": rows, "runs": dict(results)}
@@ -190,7 +202,7 @@ def write_deploy_report(results: Mapping[str, dict], *, tasks: Sequence[str], ma
           f"Command: `{command}`", "",
           f"Data: {config['train_size']} training / {config['test_size']} test images at native "
           f"{config['native_size']} px; eps {config['eps'] * 255:.0f}/255; seed {config['seed']} (victim seeds "
-          f"0..n-1); device {env['device']}, torch {env['torch']}, {env['threads']} threads.  Finished "
+          f"0..n-1); device {env['device']}, torch {env['torch']}, {env['victim_threads']}.  Finished "
           f"{len(results)} of {planned} planned victim runs.", "",
           f"Victims: trained on the files the engine wrote (PNG unless stated), RandomResizedCrop(scale "
           f"{tuple(rec['crop_scale'])}) + flip, Adam lr {rec['lr']}, batch {rec['batch_size']}, {rec['epochs']} epochs "
