@@ -9,8 +9,8 @@ way other people train (``mtlguard evaluate-protection --protocol deploy``).
    resolution by the engine's own step (:func:`mtlguard.engine.perturb.apply_delta_batch`: bilinear
    upsampling, re-clip, round); LSP / AR patterns are made at the native resolution with A.1's l2 budget
    for it (``H/32 * W/32``: it grows with the image, so the paper's 140 px patterns are ~4x stronger per
-   pixel than 32 px ones, which is why LSP / AR made at 32 px have no effect); PNG being lossless, these
-   rows' files are not written.
+   pixel than 32 px ones; LSP made at 32 px and stretched had no effect, made at 200 px it protects,
+   measured in reports/protection_deploy_rows.md); PNG being lossless, these rows' files are not written.
 2. **Victims** (:mod:`.victims`): architectures, input sizes, weightings and seeds as listed, random-
    resized-crop + flip, trained ``recipe.epochs`` epochs, tested on clean native test images resized to
    their input size.
@@ -263,7 +263,7 @@ class DeployProtocol:
     def _pattern_set(self, method: str) -> np.ndarray:
         """LSP / AR made at the training images' own size with A.1's l2 budget for that size (``H/32 * W/32``:
         RMS 29/255 at 200 px), as the papers apply them at their 140 px; the same patterns made at 32 px and
-        upsampled keep the 32 px budget (RMS 4.6/255) and have no effect (module docstring)."""
+        upsampled keep the 32 px budget (RMS 4.6/255).  Neither is an L-inf 8/255 perturbation."""
         from .patterns import ClasswisePatterns
         from .protect import pattern_protector
 
