@@ -65,6 +65,10 @@ def test_plan_has_a_clean_reference_for_every_run():
     assert all(cells[(m, d)] == [0, 1, 2] for m in ("bundled", "clean") for d in ("standard", "grayscale", "at"))
     assert all(cells[("lsp-patch", d)] == [0] for d in ("standard", "grayscale", "at"))
     assert [j.seed for j in seeded][-1] == 2  # extra seeds last
+    # a victim listed with seeds (zoo, defense victim) and without (JPEG victims) is one run per key
+    both = plan_jobs(DeployConfig(methods=("clean", "bundled"), victims=("resnet18@32x3",), defenses=("standard",),
+                                  defense_victim="resnet18@32x3", jpeg_victims=("resnet18@32",)))
+    assert len({j.key for j in both}) == len(both) == 3 * 2 + 1  # bundled + clean x 3 seeds, JPEG-90 output
     with pytest.raises(ValueError, match="unknown method"):
         DeployConfig(methods=("clean", "nope"))
     with pytest.raises(ValueError, match="headline"):

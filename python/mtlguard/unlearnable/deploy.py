@@ -136,11 +136,13 @@ def plan_jobs(cfg: DeployConfig) -> list[Job]:
     heads = cfg.headline_methods() or ["clean"]
     others = [m for m in protected if m not in heads]
     jobs: list[Job] = []
+    keys: set[str] = set()
 
     def add(method, output, defense, spec, seed):
         for m, out in ((method, output), ("clean", "files")):
             j = Job(m, out, defense, spec, seed)
-            if j not in jobs:
+            if j.key not in keys:  # by key: "resnet18@32" and "resnet18@32x3" are one victim
+                keys.add(j.key)
                 jobs.append(j)
 
     defenses = [d for d in cfg.defenses if d != "standard"]
