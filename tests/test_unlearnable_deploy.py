@@ -127,23 +127,27 @@ def test_deploy_cli_end_to_end_and_resume(utkface_root, tmp_path, capsys):
     argv = ["evaluate-protection", "--protocol", "deploy", "--data", "utkface", "--root", str(utkface_root),
             "--image-size", "200", "--subset", "24", "--test-subset", "12", "--cache-dir", str(tmp_path / "cache"),
             "--methods", "clean", "--generator", str(tmp_path / "gen.onnx"),
-            "--victims", "small_cnn@16x2,small_cnn@24:stl", "--defense-victim", "small_cnn@16",
+            "--victims", "small_cnn@16x2,small_cnn@24:stl", "--defense-victim", "small_cnn@16x2",
             "--defenses", "standard,grayscale,at", "--jpeg-victims", "small_cnn@16", "--victim-epochs", "2",
             "--victim-batch-size", "8", "--average-last", "1", "--out", str(tmp_path / "rep"), "--prefix", "dep",
             "--work", str(tmp_path / "work"), "--no-progress"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    # gen and clean: seeds 0, 1 + stl + grayscale + at (10), gen as JPEG output (its clean reference is shared)
-    assert out["finished"] == out["planned"] == 11
+    # gen and clean: seeds 0, 1 x (standard, grayscale, at) + stl (14), gen as JPEG output (its clean reference
+    # is shared)
+    assert out["finished"] == out["planned"] == 15
     rep = json.loads((tmp_path / "rep" / "dep.json").read_text())
     rows = {(r["output"], r["defense"], r["victim"]): r for r in rep["summary"]}
     assert set(rows) == {("png", "standard", "small_cnn@16"), ("png", "standard", "small_cnn@24:stl"),
                          ("png", "grayscale", "small_cnn@16"), ("png", "at", "small_cnn@16"),
                          ("jpeg90", "standard", "small_cnn@16")}
     assert rows[("png", "standard", "small_cnn@16")]["seeds"] == [0, 1]
+    assert rows[("png", "at", "small_cnn@16")]["seeds"] == [0, 1]  # --defense-victim ...x2: defenses over 2 seeds
     md = (tmp_path / "rep" / "dep.md").read_text()
     assert "PR age" in md and "worst defense" in md and "evaluate-protection --protocol deploy" in md
     assert "victims trained with 1 CPU threads" in md  # what the runs recorded (the one_thread fixture)
+    defense_rows = md.split("## Defenses (small_cnn@16)")[1].split("##")[0]
+    assert "| gen:gen | n/a" in defense_rows  # the seeded defense victim's table has its row (tiny victims: n/a)
     assert (tmp_path / "rep" / "dep.png").stat().st_size > 1000
     # the engine wrote PNGs within the bound, next to copies of the inputs (the dataset folder untouched)
     pngs = sorted((tmp_path / "work" / "engine" / "gen_gen_png").rglob("*.png"))

@@ -196,7 +196,8 @@ def write_deploy_report(results: Mapping[str, dict], *, tasks: Sequence[str], ma
                "majority": dict(majority), "planned_runs": planned, "finished_runs": len(results),
                "summary": rows, "runs": dict(results)}
     atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1, default=float))
-    png = heatmap(rows, victims, config["defense_victim"], config["defenses"], stem.with_suffix(".png"), label)
+    defense_victim = _strip_seeds(config["defense_victim"])  # results are keyed without the xN seed count
+    png = heatmap(rows, victims, defense_victim, config["defenses"], stem.with_suffix(".png"), label)
     rec = config["recipe"]
     md = [f"# Deployment-protocol protection report ({', '.join(tasks)})", "",
           f"Command: `{command}`", "",
@@ -211,8 +212,8 @@ def write_deploy_report(results: Mapping[str, dict], *, tasks: Sequence[str], ma
           f"(acc_clean - acc_majority), with acc_clean from the same victim recipe and defense on the clean "
           f"files; majority rates {', '.join(f'{t} {100 * majority[t]:.1f}%' for t in tasks)}.", "",
           "## Standard training", "", victim_table(rows, tasks, label=label), "",
-          f"## Defenses ({config['defense_victim']})", "",
-          defense_table(rows, config["defense_victim"], config["defenses"], tasks, label), ""]
+          f"## Defenses ({defense_victim})", "",
+          defense_table(rows, defense_victim, config["defenses"], tasks, label), ""]
     jpeg_rows = [r for r in rows if r["output"].startswith("jpeg")]
     if jpeg_rows:
         md += [f"## Engine output as JPEG (quality {config['jpeg_quality']})", "",
