@@ -2,8 +2,11 @@
 ``mtlguard fit`` and by ``evaluate-protection --protocol deploy``.
 
 :func:`fit_recipe` builds the generator and its surrogate(s), clean-trains the TAP / SEP surrogate (through
-the same victim views as the fit, when EOT is on), runs :func:`fit_generator` (resumable in ``out_dir``)
-and saves ``out_dir/generator.safetensors`` with the recipe in its config's ``extra``.
+the same victim views as the fit, when EOT is on), optionally fine-tunes it with PGD-AT (``surrogate_adv_eps``:
+TAP then targets the robust model, or with ``surrogate_adv_mix`` the clean and the robust model together, L_b
+averaged), runs :func:`fit_generator` (resumable in ``out_dir``) and saves ``out_dir/generator.safetensors``
+with the recipe and the surrogates' names in its config's ``extra``.  Measured on the deployment protocol
+(reports/protection_deploy_defenses.md), neither adversarial option beat the plain clean surrogate.
 """
 from __future__ import annotations
 
