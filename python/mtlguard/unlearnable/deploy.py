@@ -267,26 +267,17 @@ class DeployProtocol:
         RMS 29/255 at 200 px), as the papers apply them at their 140 px; the same patterns made at 32 px and
         upsampled keep the 32 px budget (RMS 4.6/255).  Neither is an L-inf 8/255 perturbation."""
         from .patterns import ClasswisePatterns
-        from .protect import pattern_protector
+        from .protect import pattern_protector, protect_images
 
-        native = self._stack(self.train_set)
+        x0, _ = self.train_set[0]
         kind, fusion = method.split("-")
-        pats = ClasswisePatterns(self.tasks, kind=kind, fusion=fusion, in_channels=native.shape[3],
-                                 image_size=native.shape[1:3], seed=self.cfg.seed)
-        protect = pattern_protector(pats)
-        labels = {k: torch.as_tensor(v) for k, v in self.labels(self.train_set).items()}
-        out = np.empty_like(native)
-        for i in range(0, len(native), 64):
-            x = torch.from_numpy(native[i:i + 64]).permute(0, 3, 1, 2).float() / 255
-            delta = protect(x, {k: v[i:i + 64] for k, v in labels.items()}, None)
-            out[i:i + 64] = ((x + delta) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return out
+        pats = ClasswisePatterns(self.tasks, kind=kind, fusion=fusion, in_channels=int(x0.shape[0]),
+                                 image_size=tuple(x0.shape[1:]), seed=self.cfg.seed)
+        return protect_images(self.train_set, pattern_protector(pats), None, desc=method, progress=self.cfg.progress)
 
     def _in_memory_set(self, method: str) -> np.ndarray:
         from mtlguard.engine.perturb import apply_delta_batch
 
-        if method in PATTERNS:
-            return self._pattern_set(method)
         if self.in_memory is None:
             raise ValueError(f"method {method!r} needs the in-memory benchmark (generator-resolution dataset)")
         small = self.in_memory.protected_images(method).astype(np.float32)
@@ -309,7 +300,9 @@ class DeployProtocol:
         else:
             if method == "clean":
                 arr = self._stack(self.train_set)
-            elif method in IN_MEMORY:
+            elif method in PATTERNS:
+                arr = self._pattern_set(method)
+            elif method in SAMPLEWISE:
                 arr = self._in_memory_set(method)
             else:
                 arr = self._engine_set(method, output)
