@@ -107,25 +107,24 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
                          delta_channels=recipe.delta_channels)
     sur_size = max(recipe.fit.eot.sizes) if recipe.fit.eot is not None else size[0]
     surs = [build_surrogate(train_set.tasks, channels, sur_size, a) for a in recipe.surrogate_archs]
-    snaps, robust = None, []
+    names, snaps, robust, robust_names = list(recipe.surrogate_archs), None, [], []
     if recipe.fit.base != "em":  # clean-trained, frozen surrogates (TAP: one per architecture)
         for i, (arch, sur) in enumerate(zip(recipe.surrogate_archs, surs)):
             name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{arch}.pt"
             arch_snaps = _clean_snapshots(recipe, sur, train_set, out, device, progress, name)
-            sur.load_state_dict(arch_snaps[-1])
             if recipe.surrogate_adv_eps > 0:
-                clean_state = arch_snaps[-1]
-                arch_snaps = _robust_snapshots(recipe, sur, train_set, out, device, progress, f"robust_{name}")
+                sur.load_state_dict(arch_snaps[-1])  # the PGD-AT fine-tune starts from the clean model
+                adv_snaps = _robust_snapshots(recipe, sur, train_set, out, device, progress, f"robust_{name}")
+                adv_name = f"{arch} (PGD-AT {recipe.surrogate_adv_eps * 255:g}/255)"
                 if recipe.surrogate_adv_mix:  # L_b = mean over {clean, robust}: both kinds of victim
                     robust.append(copy.deepcopy(sur))
-                    robust[-1].load_state_dict(arch_snaps[-1])
-                    arch_snaps = [clean_state]
-                sur.load_state_dict(arch_snaps[-1])
+                    robust[-1].load_state_dict(adv_snaps[-1])
+                    robust_names.append(adv_name)
+                else:
+                    arch_snaps, names[i] = adv_snaps, adv_name
+            sur.load_state_dict(arch_snaps[-1])
             snaps = snaps or arch_snaps
-        surs = surs + robust
-    at = f" (PGD-AT {recipe.surrogate_adv_eps * 255:g}/255)"
-    names = [a + (at if recipe.surrogate_adv_eps > 0 and not recipe.surrogate_adv_mix else "")
-             for a in recipe.surrogate_archs] + [a + at for a in recipe.surrogate_archs[:len(robust)]]
+    surs, names = surs + robust, names + robust_names
     res = fit_generator(gen, train_set, surs, recipe.fit, snapshots=snaps if recipe.fit.base == "sep" else None,
                         out_dir=out, device=device, progress=progress)
     gen.save(out / "generator.safetensors", extra={**(extra or {}), "recipe": recipe.to_dict(), "rounds": res.rounds,
