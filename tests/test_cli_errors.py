@@ -178,6 +178,14 @@ def test_fit_with_subset_on_a_folder(folders):
     assert (tmp / "fit8" / "generator.safetensors").is_file()
 
 
+def test_fit_refuses_a_tile_that_does_not_divide_the_latent_grid(folders):
+    tmp, clean, _ = folders
+    r = cli("fit", "--data", "folder", "--root", clean, "--subset", "8", "--image-size", "32", "--emb-tile", "3",
+            "--out", tmp / "fit_tile3", "--no-progress")
+    assert_one_line_error(r, "fit", "emb_tile 3", "latent size (16, 16)")
+    assert not (tmp / "fit_tile3").exists()  # refused before anything is written
+
+
 def test_poison_keeps_every_column_and_its_output_trains(folders):
     tmp, clean, _ = folders
     before = snapshot(clean)

@@ -207,3 +207,27 @@ def test_delta_units_eps_generator_exports_with_parity(utkface_root, tmp_path):
     assert np.allclose(td.numpy(), expect.numpy(), atol=1e-6)
     clipped = float((td.abs() >= h.eps * 0.999).float().mean())
     assert 0.0 < clipped < 1.0  # both regimes of the clip are exercised
+
+
+def test_tiled_embedding_generator_exports_with_parity(utkface_root, tmp_path):
+    """``emb_tile`` (periodic class codes) survives ``mtlguard export``: the ONNX graph repeats the tile
+    like the eager module, on real faces with protected and unprotected (-1) labels."""
+    from mtlguard.cli.main import main
+    from mtlguard.unlearnable import MTLUEGenerator
+
+    from test_engine_standin import make_generator
+
+    g = make_generator((32, 32), seed=2)
+    h = MTLUEGenerator.from_config({**g.config(), "emb_tile": 4})
+    torch.manual_seed(2)
+    h.load_state_dict({**g.state_dict(), "table": torch.randn_like(h.table)})
+    h.eval()
+    out = tmp_path / "gen_tile.onnx"
+    assert main(["export", "--model", str(h.save(tmp_path / "gen_tile")), "--out", str(out)]) == 0
+    assert read_onnx_facts(out).config["generator"]["emb_tile"] == 4
+    images, labels, _ = utk_batch(utkface_root, 4)
+    labels[1, 2] = -1
+    with torch.no_grad():
+        tp, td = h(torch.from_numpy(images), torch.from_numpy(labels))
+    op, od = _ort_out(out, images, labels)
+    assert np.abs(od - td.numpy()).max() <= 1e-5 and np.abs(op - tp.numpy()).max() <= 1e-5

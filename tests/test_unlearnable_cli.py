@@ -20,9 +20,10 @@ def _args(root, cache):
 def test_fit_then_poison_cli(utkface_root, tmp_path, capsys):
     cache = tmp_path / "cache"
     assert main(["fit", *_args(utkface_root, cache), "--base", "em", "--epochs", "1", "--batch-size", "12",
-                 "--train-steps", "1", "--out", str(tmp_path / "gen")]) == 0
+                 "--train-steps", "1", "--emb-tile", "4", "--out", str(tmp_path / "gen")]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["rounds"] == 1 and (tmp_path / "gen" / "generator.json").is_file()
+    assert json.loads((tmp_path / "gen" / "generator.json").read_text())["emb_tile"] == 4  # periodic class codes
     assert main(["poison", *_args(utkface_root, cache), "--generator", info["generator"],
                  "--out", str(tmp_path / "prot")]) == 0
     src = UTKFace(utkface_root, image_size=16, subset=12, cache_dir=cache, progress=False)

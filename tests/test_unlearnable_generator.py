@@ -74,6 +74,30 @@ def test_export_friendly_path_matches_fused_op():
     assert torch.allclose(g._embed_concat_static(z, labels), ref)
 
 
+def test_tiled_embeddings_repeat_one_class_tile(tmp_path):
+    """``emb_tile=t``: each class code is a ``[16, t, t]`` tile repeated over the latent grid -- the same
+    generator as an untiled one whose table holds the repeated tiles, and it round-trips and exports."""
+    g = MTLUEGenerator(UTK, image_size=16, emb_tile=4).eval()
+    assert g.table.shape == (16, 16 * 4 * 4) and g.config()["emb_tile"] == 4
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([[0, 1, 2], [8, -1, 4], [3, 0, -1]])
+    feats = g._embed_concat_static(g.encoder(x), y)[:, 128:]
+    assert torch.equal(feats[..., :4, :4], feats[..., 4:8, 4:8]) and torch.equal(feats[..., :4, :], feats[..., 4:, :])
+    full = MTLUEGenerator(UTK, image_size=16).eval()
+    full.load_state_dict({**g.state_dict(), "table": g.table.detach().reshape(16, 16, 1, 4, 1, 4)
+                          .expand(-1, -1, 2, -1, 2, -1).reshape(16, -1)})
+    with torch.no_grad():
+        assert torch.allclose(full(x, y)[1], g(x, y)[1], atol=1e-6)  # untiled = fused op path
+        g.save(tmp_path / "g")
+        back = MTLUEGenerator.load(tmp_path / "g").eval()
+        assert back.emb_tile == 4 and torch.equal(back(x, y)[1], g(x, y)[1])
+    cfg = g.config()
+    del cfg["emb_tile"]  # configs saved before the option: embeddings cover the latent grid
+    assert MTLUEGenerator.from_config(cfg).table.shape == (16, 16 * 8 * 8)
+    for bad in (0, 3, 16):
+        with pytest.raises(ValueError, match="emb_tile"):
+            MTLUEGenerator(UTK, image_size=16, emb_tile=bad)
+
+
 def test_bad_inputs_are_named():
     g = MTLUEGenerator(UTK, image_size=8)
     with pytest.raises(ValueError, match=r"labels must be \[N, K\]"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 #: the options a fitted row's generator depends on (recorded in its folder under generators/, which refuses others)
-FIT_OPTIONS = ("gen_size", "delta_channels", "eot", "eot_sizes", "eot_defenses", "adv_eps", "adv_steps", "joint",
+FIT_OPTIONS = ("gen_size", "delta_channels", "emb_tile", "eot", "eot_sizes", "eot_defenses", "adv_eps", "adv_steps", "joint",
                "reinit_every", "gen_epochs", "gen_batch_size", "gen_train_steps", "gen_delta_units", "arch",
                "surrogate_epochs", "surrogate_archs", "amp", "channels_last", "surrogate_adv_eps",
                "surrogate_adv_epochs", "surrogate_adv_mix")
@@ -57,11 +57,11 @@ def fit_recipe_for(args, train_set, work: Path):
                         adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, joint=args.joint,
                         reinit_every=args.reinit_every, amp=args.amp, channels_last=args.channels_last)
         recipe = GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=args.eps / 255, delta_units=args.gen_delta_units,
-                                 delta_channels=args.delta_channels, surrogate_archs=_surrogate_archs(args),
-                                 surrogate_epochs=args.surrogate_epochs, sep_checkpoints=args.sep_checkpoints,
-                               surrogate_adv_eps=args.surrogate_adv_eps / 255,
-                               surrogate_adv_epochs=args.surrogate_adv_epochs,
-                               surrogate_adv_mix=args.surrogate_adv_mix)
+                                 delta_channels=args.delta_channels, emb_tile=args.emb_tile,
+                                 surrogate_archs=_surrogate_archs(args), surrogate_epochs=args.surrogate_epochs,
+                                 sep_checkpoints=args.sep_checkpoints, surrogate_adv_eps=args.surrogate_adv_eps / 255,
+                                 surrogate_adv_epochs=args.surrogate_adv_epochs,
+                                 surrogate_adv_mix=args.surrogate_adv_mix)
         gen, _ = fit_recipe(recipe, train_set, out, device=args.device, progress=not args.no_progress)
         from mtlguard.export import export_onnx
 

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 HELP = "print a generator's tasks, classes, eps, input size and fit config (.safetensors, .onnx, .pt2, ...)"
-DELTA_OPTIONS = ("delta_units", "delta_channels", "large_stem", "emb_channels")
+DELTA_OPTIONS = ("delta_units", "delta_channels", "large_stem", "emb_channels", "emb_tile")
 
 
 def add_parser(subparsers) -> None:

@@ -149,6 +149,9 @@ def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
                         "engine's recipe (default: --image-size)")
     p.add_argument("--delta-channels", choices=["all", "luma"], default="all",
                    help="one perturbation plane per channel, or one luma plane for all (default: %(default)s)")
+    p.add_argument("--emb-tile", type=int, default=None, metavar="T",
+                   help="class embeddings as T x T tiles repeated over the generator's latent grid (a periodic class "
+                        "code: a random crop shows it at another phase); T divides --gen-size / 2 (default: off)")
     p.add_argument("--eot", choices=["none", "victim"], default="none",
                    help="victim: L_b over random victim pipelines (uint8, grayscale/JPEG/blur/BDR, random-resized-crop "
                         "to --eot-sizes, flip) (default: %(default)s)")

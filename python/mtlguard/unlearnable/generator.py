@@ -9,7 +9,10 @@ with ``s = eps`` (``delta_units="eps"``, the default) or ``s = 1`` (``"raw"``, A
   max-pool stem instead (``z`` at ``H/8``), for large images.
 * Class-wise spatial embeddings ``e^k_c`` of shape ``[16, h, w]`` (``h, w`` = z's size) for every
   classification task k and class c, stored as ONE packed table ``[sum_k C_k, 16*h*w]`` and read
-  through the fused :func:`mtlguard.ops.embed_concat`.  Label ``-1`` = task not protected -> the
+  through the fused :func:`mtlguard.ops.embed_concat`.  ``emb_tile=t`` (our option, off by default)
+  stores ``[16, t, t]`` tiles instead and repeats them over the ``h x w`` grid: the class code becomes
+  periodic (period ``2t`` generator pixels with the 3x3 stem), so a random crop of the protected image
+  shows the same code at another phase instead of another part of it.  Label ``-1`` = task not protected -> the
   mean of that task's embeddings (partial task protection, Sec. 5.3 / Table 8).  Initialised
   N(0, 1) like ``nn.Embedding`` (official code).
 * Dense tasks (segmentation / depth / normal, Sec. 4.4): a per-task label embedder with the
@@ -168,6 +171,8 @@ class MTLUEGenerator(nn.Module):
             see the module notes for why ``"eps"`` is the default.
         delta_channels: ``"all"`` (one perturbation plane per image channel) or ``"luma"`` (one plane
             replicated to every channel; see the module notes).
+        emb_tile: ``None`` (embeddings cover the latent grid, the paper) or ``t``: ``[emb, t, t]`` class
+            tiles repeated over it (``t`` must divide the latent size; see the module notes).
 
     ``labels``: int64 ``[N, K]`` over the classification tasks in ``tasks`` order (``-1`` = that
     task is not protected for that sample).  ``dense``: ``{task name: target}`` for dense tasks.
@@ -183,6 +188,7 @@ class MTLUEGenerator(nn.Module):
         large_stem: bool = False,
         delta_units: str = "eps",
         delta_channels: str = "all",
+        emb_tile: int | None = None,
     ):
         super().__init__()
         self.tasks = validate_tasks(tasks)
@@ -204,14 +210,21 @@ class MTLUEGenerator(nn.Module):
             raise ValueError(f"MTLUEGenerator: delta_units must be one of {DELTA_UNITS}, got {delta_units!r}")
         if delta_channels not in DELTA_CHANNELS:
             raise ValueError(f"MTLUEGenerator: delta_channels must be one of {DELTA_CHANNELS}, got {delta_channels!r}")
+        lat = (h // div, w // div)
+        if emb_tile is not None and (int(emb_tile) <= 0 or lat[0] % int(emb_tile) or lat[1] % int(emb_tile)):
+            raise ValueError(f"MTLUEGenerator: emb_tile {emb_tile} must be positive and divide the latent size {lat} "
+                             f"(image_size / {div})")
         self.delta_units = delta_units
         self.delta_channels = delta_channels
+        self.emb_tile = None if emb_tile is None else int(emb_tile)
         self.in_channels = int(in_channels)
         self.image_size = (h, w)
         self.eps = float(eps)
         self.emb_channels = int(emb_channels)
         self.large_stem = bool(large_stem)
-        self.latent_size = (h // div, w // div)
+        self.latent_size = lat
+        #: the ``[h, w]`` of one class embedding: the latent grid, or one tile of it
+        self.emb_size = (self.emb_tile, self.emb_tile) if self.emb_tile else lat
         self.class_tasks = tuple(t for t in self.tasks if t.is_classification)
         self.dense_tasks = tuple(t for t in self.tasks if t.is_dense)
 
@@ -221,8 +234,8 @@ class MTLUEGenerator(nn.Module):
         for c in sizes:
             offs.append(offs[-1] + c)
         self.register_buffer("offsets", torch.tensor(offs, dtype=torch.int64), persistent=False)
-        lh, lw = self.latent_size
-        self.table = nn.Parameter(torch.randn(offs[-1], self.emb_channels * lh * lw)) if sizes else None
+        eh, ew = self.emb_size
+        self.table = nn.Parameter(torch.randn(offs[-1], self.emb_channels * eh * ew)) if sizes else None
         self.embedders = nn.ModuleDict({
             t.name: LabelEmbedder(3 if t.kind == "normal" else 1, self.emb_channels, self.large_stem)
             for t in self.dense_tasks
@@ -244,9 +257,11 @@ class MTLUEGenerator(nn.Module):
 
     def _embed_concat_static(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Same semantics as :func:`mtlguard.ops.reference.embed_concat`, written with Python-int task
-        offsets and no data-dependent checks so ``torch.export`` / ONNX (dynamo) can trace it."""
+        offsets and no data-dependent checks so ``torch.export`` / ONNX (dynamo) can trace it; also the
+        eager path of tiled embeddings (``emb_tile``), repeated over the latent grid here."""
         b = z.shape[0]
-        lh, lw = self.latent_size
+        eh, ew = self.emb_size
+        reps = (self.latent_size[0] // eh, self.latent_size[1] // ew)
         o = [0]
         for t in self.class_tasks:
             o.append(o[-1] + t.num_classes)
@@ -257,7 +272,8 @@ class MTLUEGenerator(nn.Module):
             picked = rows[lab.clamp(0, o[k + 1] - o[k] - 1)]
             mean = rows.mean(0, keepdim=True).expand(b, -1)
             emb = torch.where((lab >= 0)[:, None], picked, mean)
-            parts.append(emb.reshape(b, self.emb_channels, lh, lw))
+            emb = emb.reshape(b, self.emb_channels, eh, ew)
+            parts.append(emb.repeat(1, 1, *reps) if reps != (1, 1) else emb)
         return torch.cat(parts, dim=1)
 
     def labels_from_targets(self, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -285,7 +301,7 @@ class MTLUEGenerator(nn.Module):
                 raise ValueError(f"MTLUEGenerator: labels must be [N, K] = [{image.shape[0]}, {self.num_class_tasks}] "
                                  f"(tasks {[t.name for t in self.class_tasks]}), got {tuple(labels.shape)}")
             lh, lw = self.latent_size
-            if _is_exporting():
+            if _is_exporting() or self.emb_tile:
                 feats = self._embed_concat_static(z, labels.to(torch.int64))
             else:
                 feats = ops.embed_concat(z, self.table.to(z.dtype), labels.to(torch.int64),
@@ -344,6 +360,7 @@ class MTLUEGenerator(nn.Module):
             "large_stem": self.large_stem,
             "delta_units": self.delta_units,
             "delta_channels": self.delta_channels,
+            **({"emb_tile": self.emb_tile} if self.emb_tile else {}),
             "class_tasks": [t.name for t in self.class_tasks],
             "dense_tasks": [t.name for t in self.dense_tasks],
         }
@@ -356,7 +373,7 @@ class MTLUEGenerator(nn.Module):
         return cls(tasks, in_channels=cfg["in_channels"], image_size=tuple(cfg["image_size"]), eps=cfg["eps"],
                    emb_channels=cfg["emb_channels"], large_stem=cfg["large_stem"],
                    delta_units=cfg.get("delta_units", LEGACY_DELTA_UNITS),
-                   delta_channels=cfg.get("delta_channels", "all"))
+                   delta_channels=cfg.get("delta_channels", "all"), emb_tile=cfg.get("emb_tile"))
 
     def save(self, path: str | os.PathLike, extra: Mapping | None = None) -> Path:
         """Write ``<path>`` (safetensors weights) and ``<path>.json`` (config), both atomically.

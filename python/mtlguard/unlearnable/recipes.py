@@ -34,6 +34,7 @@ class GeneratorRecipe:
     eps: float = 8 / 255
     delta_units: str = "eps"
     delta_channels: str = "all"
+    emb_tile: int | None = None       # class embeddings as periodic tiles of this side (None: the latent grid)
     large_stem: bool = False
     surrogate_archs: Sequence[str] = ("resnet18",)
     surrogate_epochs: int = 60
@@ -97,14 +98,14 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
                progress: bool = True, extra: dict | None = None) -> tuple[MTLUEGenerator, FitResult]:
     """Fit ``recipe`` on ``train_set`` (resuming ``out_dir``) and save ``out_dir/generator.safetensors``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     x0, _ = train_set[0]
     channels, size = int(x0.shape[0]), (int(x0.shape[1]), int(x0.shape[2]))
     gen_size = (recipe.gen_size, recipe.gen_size) if recipe.gen_size else size
     torch.manual_seed(recipe.fit.seed)
     gen = MTLUEGenerator(train_set.tasks, in_channels=channels, image_size=gen_size, eps=recipe.eps,
                          large_stem=recipe.large_stem, delta_units=recipe.delta_units,
-                         delta_channels=recipe.delta_channels)
+                         delta_channels=recipe.delta_channels, emb_tile=recipe.emb_tile)
+    out.mkdir(parents=True, exist_ok=True)  # after the generator's options are checked: a refused fit leaves nothing
     sur_size = max(recipe.fit.eot.sizes) if recipe.fit.eot is not None else size[0]
     surs = [build_surrogate(train_set.tasks, channels, sur_size, a) for a in recipe.surrogate_archs]
     names, snaps, robust, robust_names = list(recipe.surrogate_archs), None, [], []
