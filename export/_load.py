@@ -97,14 +97,26 @@ def _bn_of(conv: str) -> str:
     raise ValueError(f"no BatchNorm known after {conv!r}")
 
 
+def _bn_after(conv: str, modules: dict) -> str | None:
+    """The name of the BatchNorm that follows conv ``conv`` in ``modules``, or ``None``."""
+    try:
+        bn = _bn_of(conv)
+    except ValueError:
+        return None
+    import torch
+
+    return bn if isinstance(modules.get(bn), torch.nn.BatchNorm2d) else None
+
+
 def generator_from_onnx(path, device="cpu"):
     """A torch ``MTLUEGenerator`` with the weights of a float32 ONNX export (for a torch-eager comparison when only
     the ``.onnx`` file exists, e.g. the bundled default generator).
 
     The exporter folds each encoder BatchNorm into its convolution (``<conv>.weight`` scaled, ``<conv>.weight_bias``
     added); the rebuilt BatchNorms are identities plus that bias (running mean 0, running variance ``1 - bn.eps``,
-    weight 1), which computes the same function with the same torch ops.  Raises ``ValueError`` if an
-    initializer is missing or unexpected.  The result is in eval mode on ``device``."""
+    weight 1), which computes the same function with the same torch ops.  A bias the exporter dropped because it
+    was all zero (an untrained BatchNorm, a zero-initialised layer) is rebuilt as zeros.  Raises ``ValueError`` if
+    any other initializer is missing or unexpected.  The result is in eval mode on ``device``."""
     import torch
     from onnx import numpy_helper
 
@@ -121,12 +133,23 @@ def generator_from_onnx(path, device="cpu"):
     weights = {i.name[len(prefix):]: torch.from_numpy(numpy_helper.to_array(i).copy())
                for i in load_onnx(path).graph.initializer if i.name.startswith(prefix)}
     state = {k: v for k, v in weights.items() if not k.endswith(".weight_bias")}
-    for key, bias in weights.items():
-        if key.endswith(".weight_bias"):
-            bn = _bn_of(key[: -len(".weight_bias")])
-            state.update({f"{bn}.weight": torch.ones_like(bias), f"{bn}.bias": bias,
-                          f"{bn}.running_mean": torch.zeros_like(bias),
-                          f"{bn}.running_var": torch.full_like(bias, 1.0 - gen.get_submodule(bn).eps)})
+    folded = {k[: -len(".weight_bias")]: v for k, v in weights.items() if k.endswith(".weight_bias")}
+    modules = dict(gen.named_modules())
+    stray = [k for k in folded if _bn_after(k, modules) is None]
+    if stray:
+        raise ValueError(f"{path}: folded biases {stray[:4]} follow no BatchNorm of the generator")
+    for conv, module in modules.items():
+        bn = _bn_after(conv, modules) if isinstance(module, torch.nn.Conv2d) else None
+        if bn is None:
+            continue
+        # the exporter drops an all-zero folded bias (an untrained BatchNorm, a zero-initialised layer)
+        bias = folded.get(conv, torch.zeros(module.out_channels))
+        state.update({f"{bn}.weight": torch.ones_like(bias), f"{bn}.bias": bias,
+                      f"{bn}.running_mean": torch.zeros_like(bias),
+                      f"{bn}.running_var": torch.full_like(bias, 1.0 - gen.get_submodule(bn).eps)})
+    for name, module in gen.named_modules():  # likewise an all-zero decoder / embedder bias
+        if getattr(module, "bias", None) is not None and f"{name}.weight" in state and f"{name}.bias" not in state:
+            state[f"{name}.bias"] = torch.zeros_like(module.bias)
     expected = {k for k in gen.state_dict() if not k.endswith("num_batches_tracked")}
     if set(state) != expected:
         raise ValueError(f"{path}: ONNX initializers do not match the generator (missing "

@@ -231,3 +231,6 @@ def test_tiled_embedding_generator_exports_with_parity(utkface_root, tmp_path):
         tp, td = h(torch.from_numpy(images), torch.from_numpy(labels))
     op, od = _ort_out(out, images, labels)
     assert np.abs(od - td.numpy()).max() <= 1e-5 and np.abs(op - tp.numpy()).max() <= 1e-5
+    from mtlguard.export._load import generator_from_onnx
+
+    assert torch.equal(generator_from_onnx(out).table, h.table)  # the small table is not folded into copies

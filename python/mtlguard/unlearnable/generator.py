@@ -265,12 +265,15 @@ class MTLUEGenerator(nn.Module):
         o = [0]
         for t in self.class_tasks:
             o.append(o[-1] + t.num_classes)
+        # index_select on the parameter itself (no cast unless needed): advanced indexing exports as
+        # Transpose + GatherND, and the exporter folds a small table's Transpose into a copy, leaving the
+        # file without ``generator.table`` (which :func:`mtlguard.export._load.generator_from_onnx` reads)
+        table = self.table if self.table.dtype == z.dtype else self.table.to(z.dtype)
         parts = [z]
         for k in range(len(self.class_tasks)):
-            rows = self.table[o[k]:o[k + 1]].to(z.dtype)
             lab = labels[:, k]
-            picked = rows[lab.clamp(0, o[k + 1] - o[k] - 1)]
-            mean = rows.mean(0, keepdim=True).expand(b, -1)
+            picked = table.index_select(0, lab.clamp(0, o[k + 1] - o[k] - 1) + o[k])
+            mean = table[o[k]:o[k + 1]].mean(0, keepdim=True).expand(b, -1)
             emb = torch.where((lab >= 0)[:, None], picked, mean)
             emb = emb.reshape(b, self.emb_channels, eh, ew)
             parts.append(emb.repeat(1, 1, *reps) if reps != (1, 1) else emb)
