@@ -142,3 +142,31 @@ def test_protect_native_matches_the_engine_recipe(faces):
     # torch's antialiased resize vs Pillow's differ by float rounding: a level now and then
     assert diff.max() <= 1 and (diff > 0).mean() < 0.02
     assert delta.abs().max() <= 8 / 255 + 1e-6
+
+
+def test_eot_options_scale_or_name_each_transformation():
+    """``--eot-defenses`` scales the default probabilities or names each one (the rest 0); ``--eot-crop-scale``
+    sets the crop range; a bad spelling is refused in one line naming the option."""
+    import argparse
+
+    from mtlguard.cli.options import add_robust_fit_args
+    from mtlguard.unlearnable.cli_common import eot_config
+
+    p = argparse.ArgumentParser()
+    add_robust_fit_args(p)
+
+    def probs(*argv):
+        c = eot_config(p.parse_args(["--eot", "victim", *argv]))
+        return c.crop_scale, (c.p_gray, c.p_jpeg, c.p_blur, c.p_bdr)
+
+    assert probs() == ((0.35, 1.0), (0.15, 0.2, 0.1, 0.1))
+    assert probs("--eot-defenses", "1.5")[1] == pytest.approx((0.225, 0.3, 0.15, 0.15))
+    assert probs("--eot-defenses", "gray=0.5", "--eot-crop-scale", "1,1") == ((1.0, 1.0), (0.5, 0.0, 0.0, 0.0))
+    assert probs("--eot-defenses", "jpeg=0.3,bdr=0.1")[1] == (0.0, 0.3, 0.0, 0.1)
+    assert eot_config(p.parse_args(["--eot-defenses", "gray=0.5"])) is None  # views only with --eot victim
+    with pytest.raises(SystemExit, match="sum to <= 1"):
+        probs("--eot-defenses", "gray=0.7,jpeg=0.5")
+    with pytest.raises(SystemExit, match="--eot-crop-scale needs LO,HI"):
+        probs("--eot-crop-scale", "0.5")
+    with pytest.raises(SystemExit):  # argparse: names the option and the allowed names
+        p.parse_args(["--eot-defenses", "grey=0.5"])

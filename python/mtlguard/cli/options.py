@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 
+#: the file-level transformations of ``--eot victim`` views, as ``--eot-defenses`` names them
+EOT_DEFENSE_NAMES = ("gray", "jpeg", "blur", "bdr")
+
 
 class _OldSpelling(argparse.Action):
     """Stores the value like the current option, with a one-line FutureWarning naming the new spelling."""
@@ -142,6 +145,19 @@ def add_delta_units_arg(p: argparse.ArgumentParser, flag: str) -> None:
                         "raw clips ~98%% of pixels at init and its MTL-UE-EM did not protect (default: %(default)s)")
 
 
+def eot_defenses_arg(text: str) -> float | str:
+    """``--eot-defenses``: a float scale, or ``name=p`` pairs (``gray``, ``jpeg``, ``blur``, ``bdr``) kept as text."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    names = [kv.split("=", 1)[0].strip() for kv in text.split(",") if kv.strip()]
+    bad = [n for n in names if n not in EOT_DEFENSE_NAMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number or name=p pairs with names {EOT_DEFENSE_NAMES}")
+    return text
+
+
 def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
     """Robust-fitting options (see :mod:`mtlguard.unlearnable.fitting`'s module notes)."""
     p.add_argument("--gen-size", type=int, default=None,
@@ -157,8 +173,11 @@ def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
                         "to --eot-sizes, flip) (default: %(default)s)")
     p.add_argument("--eot-sizes", default="32,40,48,56,64",
                    help="victim input sides drawn by --eot victim (default: %(default)s)")
-    p.add_argument("--eot-defenses", type=float, default=1.0,
-                   help="scale of the grayscale/JPEG/blur/BDR probabilities (0 = crops only) (default: %(default)s)")
+    p.add_argument("--eot-defenses", type=eot_defenses_arg, default=1.0, metavar="SCALE|gray=P,jpeg=P,blur=P,bdr=P",
+                   help="a scale of the default grayscale/JPEG/blur/BDR probabilities (0 = crops only), or each "
+                        "probability by name (unnamed ones 0) (default: %(default)s)")
+    p.add_argument("--eot-crop-scale", default=None, metavar="LO,HI",
+                   help="RandomResizedCrop area range of the victim views (1,1 = no crop) (default: 0.35,1.0)")
     p.add_argument("--adv-eps", type=float, default=0.0,
                    help="REM-style adversarial views: L-inf radius in 1/255 units (0 = off) (default: %(default)s)")
     p.add_argument("--adv-steps", type=int, default=0,

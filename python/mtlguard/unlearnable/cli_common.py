@@ -15,12 +15,31 @@ def eot_config(args):
         return None
     try:
         sizes = tuple(int(s) for s in args.eot_sizes.split(",") if s.strip())
-        base = EOTConfig()
-        f = float(args.eot_defenses)
-        return EOTConfig(sizes=sizes, p_gray=base.p_gray * f, p_jpeg=base.p_jpeg * f, p_blur=base.p_blur * f,
-                         p_bdr=base.p_bdr * f)
+        crop = getattr(args, "eot_crop_scale", None)  # None: EOTConfig's (and work folders made before the option)
+        crop = EOTConfig.crop_scale if crop is None else tuple(float(s) for s in crop.split(","))
+        if len(crop) != 2:
+            raise ValueError(f"--eot-crop-scale needs LO,HI, got {args.eot_crop_scale!r}")
+        return EOTConfig(sizes=sizes, crop_scale=crop, **_defense_probabilities(args.eot_defenses))
     except ValueError as e:
-        raise SystemExit(f"--eot-sizes / --eot-defenses: {e}") from None
+        raise SystemExit(f"--eot-sizes / --eot-crop-scale / --eot-defenses: {e}") from None
+
+
+def _defense_probabilities(spec) -> dict:
+    """``--eot-defenses``: a scale of :class:`EOTConfig`'s default probabilities, or ``gray=p,...`` (others 0)."""
+    from .eot import EOTConfig
+
+    base = EOTConfig()
+    if isinstance(spec, (int, float)) or not any(c.isalpha() for c in str(spec)):
+        f = float(spec)
+        return {k: getattr(base, k) * f for k in ("p_gray", "p_jpeg", "p_blur", "p_bdr")}
+    out = {"p_gray": 0.0, "p_jpeg": 0.0, "p_blur": 0.0, "p_bdr": 0.0}
+    for kv in str(spec).split(","):
+        if kv.strip():
+            name, _, value = kv.partition("=")
+            if f"p_{name.strip()}" not in out:
+                raise ValueError(f"unknown transformation {name.strip()!r} (gray, jpeg, blur, bdr)")
+            out[f"p_{name.strip()}"] = float(value)
+    return out
 
 
 def load_split(args, split: str, subset: int | None):
