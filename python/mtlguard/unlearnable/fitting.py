@@ -24,6 +24,14 @@ Robust fitting (our extensions, each off by default so Alg. 1 as written stays a
 * **EOT** (``eot``): ``aug`` becomes a random victim pipeline (:class:`mtlguard.unlearnable.eot.VictimView`:
   uint8 storage, grayscale / JPEG / blur / bit-depth reduction, random-resized-crop to a random victim
   size, flip), i.e. ``E_T[L_b(F', T(x + delta), y)]``.  The EM surrogate is trained on the same views.
+  Which views: ``--eot-sizes``, ``--eot-crop-scale`` (``1,1`` = no crop) and ``--eot-defenses`` (a scale of
+  the default probabilities, or ``gray=P,jpeg=P,...``).  Measured on the deployment protocol
+  (``reports/protection_deploy_defenses.md``, seed 0): a 32-px fit with half of its views grayscale and no
+  crops (surrogate trained on the same views) lost protection in every column, grayscale included.
+* **Periodic class codes** (:class:`MTLUEGenerator`'s ``emb_tile``, ``--emb-tile``): each class embedding
+  is a ``t x t`` tile repeated over the latent grid, so a random crop shows the code at another phase.
+  Measured on the same row (the bundled recipe otherwise): ``t`` = 4 / 8 shifted protection from race
+  (standard 0.50 / 0.53 vs 0.86) to age and did not raise the worst case (0.17 / 0.12 vs 0.20).
 * **Adversarial views** (``adv_eps``, ``adv_steps``; REM, Fu et al. 2022): ``L_b`` is taken at the
   worst case of an ``adv_eps`` L-inf ball around each view (PGD maximizing the surrogate's loss), and the
   EM surrogate is trained on such views (PGD-AT), so the shortcut must survive an adversarially trained
