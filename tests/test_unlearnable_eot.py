@@ -168,5 +168,6 @@ def test_eot_options_scale_or_name_each_transformation():
         probs("--eot-defenses", "gray=0.7,jpeg=0.5")
     with pytest.raises(SystemExit, match="--eot-crop-scale needs LO,HI"):
         probs("--eot-crop-scale", "0.5")
-    with pytest.raises(SystemExit):  # argparse: names the option and the allowed names
-        p.parse_args(["--eot-defenses", "grey=0.5"])
+    for bad in ("grey=0.5", "gray=half", "gray"):
+        with pytest.raises(SystemExit, match=f"'{bad}' is not NAME=P with NAME one of gray, jpeg, blur, bdr"):
+            probs("--eot-defenses", bad)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 
 #: the options a fitted row's generator depends on (recorded in its folder under generators/, which refuses others)
-FIT_OPTIONS = ("gen_size", "delta_channels", "emb_tile", "eot", "eot_sizes", "eot_crop_scale", "eot_defenses", "adv_eps", "adv_steps", "joint",
-               "reinit_every", "gen_epochs", "gen_batch_size", "gen_train_steps", "gen_delta_units", "arch",
-               "surrogate_epochs", "surrogate_archs", "amp", "channels_last", "surrogate_adv_eps",
-               "surrogate_adv_epochs", "surrogate_adv_mix")
+FIT_OPTIONS = ("gen_size", "delta_channels", "emb_tile", "eot", "eot_sizes", "eot_crop_scale", "eot_defenses",
+               "adv_eps", "adv_steps", "joint", "reinit_every", "gen_epochs", "gen_batch_size", "gen_train_steps",
+               "gen_delta_units", "arch", "surrogate_epochs", "surrogate_archs", "amp", "channels_last",
+               "surrogate_adv_eps", "surrogate_adv_epochs", "surrogate_adv_mix")
 
 
 def _split(s: str | None) -> list[str]:

@@ -51,7 +51,8 @@ def recipe_from_args(args, eps: float):
                         amp=args.amp, channels_last=args.channels_last)
         archs = tuple(a.strip() for a in args.surrogate_arch.split(",") if a.strip())
         return GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=eps, delta_units=args.delta_units,
-                               delta_channels=args.delta_channels, emb_tile=args.emb_tile, large_stem=args.large_stem, surrogate_archs=archs,
+                               delta_channels=args.delta_channels, emb_tile=args.emb_tile, large_stem=args.large_stem,
+                               surrogate_archs=archs,
                                surrogate_epochs=args.surrogate_epochs, sep_checkpoints=args.sep_checkpoints,
                                surrogate_adv_eps=args.surrogate_adv_eps / 255,
                                surrogate_adv_epochs=args.surrogate_adv_epochs,

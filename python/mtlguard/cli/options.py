@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-#: the file-level transformations of ``--eot victim`` views, as ``--eot-defenses`` names them
-EOT_DEFENSE_NAMES = ("gray", "jpeg", "blur", "bdr")
-
 
 class _OldSpelling(argparse.Action):
     """Stores the value like the current option, with a one-line FutureWarning naming the new spelling."""
@@ -146,16 +143,12 @@ def add_delta_units_arg(p: argparse.ArgumentParser, flag: str) -> None:
 
 
 def eot_defenses_arg(text: str) -> float | str:
-    """``--eot-defenses``: a float scale, or ``name=p`` pairs (``gray``, ``jpeg``, ``blur``, ``bdr``) kept as text."""
+    """``--eot-defenses``: a float scale, or ``name=p`` pairs kept as text (checked where they are read,
+    :func:`mtlguard.unlearnable.cli_common.eot_config`)."""
     try:
         return float(text)
     except ValueError:
-        pass
-    names = [kv.split("=", 1)[0].strip() for kv in text.split(",") if kv.strip()]
-    bad = [n for n in names if n not in EOT_DEFENSE_NAMES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number or name=p pairs with names {EOT_DEFENSE_NAMES}")
-    return text
+        return text
 
 
 def add_robust_fit_args(p: argparse.ArgumentParser) -> None:

@@ -28,17 +28,20 @@ def _defense_probabilities(spec) -> dict:
     """``--eot-defenses``: a scale of :class:`EOTConfig`'s default probabilities, or ``gray=p,...`` (others 0)."""
     from .eot import EOTConfig
 
+    names = ("gray", "jpeg", "blur", "bdr")
     base = EOTConfig()
-    if isinstance(spec, (int, float)) or not any(c.isalpha() for c in str(spec)):
-        f = float(spec)
-        return {k: getattr(base, k) * f for k in ("p_gray", "p_jpeg", "p_blur", "p_bdr")}
-    out = {"p_gray": 0.0, "p_jpeg": 0.0, "p_blur": 0.0, "p_bdr": 0.0}
-    for kv in str(spec).split(","):
-        if kv.strip():
-            name, _, value = kv.partition("=")
-            if f"p_{name.strip()}" not in out:
-                raise ValueError(f"unknown transformation {name.strip()!r} (gray, jpeg, blur, bdr)")
-            out[f"p_{name.strip()}"] = float(value)
+    if isinstance(spec, (int, float)):
+        return {f"p_{n}": getattr(base, f"p_{n}") * spec for n in names}
+    out = {f"p_{n}": 0.0 for n in names}
+    for kv in (kv.strip() for kv in str(spec).split(",")):
+        name, _, value = kv.partition("=")
+        try:
+            p = float(value)
+        except ValueError:
+            p = None
+        if name.strip() not in names or p is None:
+            raise ValueError(f"{kv!r} is not NAME=P with NAME one of {', '.join(names)} (or give one number, a scale)")
+        out[f"p_{name.strip()}"] = p
     return out
 
 
