@@ -76,7 +76,7 @@ def test_export_friendly_path_matches_fused_op():
 
 def test_tiled_embeddings_repeat_one_class_tile(tmp_path):
     """``emb_tile=t``: each class code is a ``[16, t, t]`` tile repeated over the latent grid -- the same
-    generator as an untiled one whose table holds the repeated tiles, and it round-trips and exports."""
+    generator as an untiled one whose table holds the repeated tiles, and it round-trips (export: test_export_onnx)."""
     g = MTLUEGenerator(UTK, image_size=16, emb_tile=4).eval()
     assert g.table.shape == (16, 16 * 4 * 4) and g.config()["emb_tile"] == 4
     x, y = torch.rand(3, 3, 16, 16), torch.tensor([[0, 1, 2], [8, -1, 4], [3, 0, -1]])
