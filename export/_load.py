@@ -135,19 +135,18 @@ def generator_from_onnx(path, device="cpu"):
     state = {k: v for k, v in weights.items() if not k.endswith(".weight_bias")}
     folded = {k[: -len(".weight_bias")]: v for k, v in weights.items() if k.endswith(".weight_bias")}
     modules = dict(gen.named_modules())
-    stray = [k for k in folded if _bn_after(k, modules) is None]
+    bn_of_conv = {c: bn for c, m in modules.items() if isinstance(m, torch.nn.Conv2d)
+                  for bn in [_bn_after(c, modules)] if bn is not None}
+    stray = [k for k in folded if k not in bn_of_conv]
     if stray:
         raise ValueError(f"{path}: folded biases {stray[:4]} follow no BatchNorm of the generator")
-    for conv, module in modules.items():
-        bn = _bn_after(conv, modules) if isinstance(module, torch.nn.Conv2d) else None
-        if bn is None:
-            continue
+    for conv, bn in bn_of_conv.items():
         # the exporter drops an all-zero folded bias (an untrained BatchNorm, a zero-initialised layer)
-        bias = folded.get(conv, torch.zeros(module.out_channels))
+        bias = folded.get(conv, torch.zeros(modules[conv].out_channels))
         state.update({f"{bn}.weight": torch.ones_like(bias), f"{bn}.bias": bias,
                       f"{bn}.running_mean": torch.zeros_like(bias),
-                      f"{bn}.running_var": torch.full_like(bias, 1.0 - gen.get_submodule(bn).eps)})
-    for name, module in gen.named_modules():  # likewise an all-zero decoder / embedder bias
+                      f"{bn}.running_var": torch.full_like(bias, 1.0 - modules[bn].eps)})
+    for name, module in modules.items():  # likewise an all-zero decoder / embedder bias
         if getattr(module, "bias", None) is not None and f"{name}.weight" in state and f"{name}.bias" not in state:
             state[f"{name}.bias"] = torch.zeros_like(module.bias)
     expected = {k for k in gen.state_dict() if not k.endswith("num_batches_tracked")}

@@ -10,7 +10,7 @@ way other people train (``mtlguard evaluate-protection --protocol deploy``).
    upsampling, re-clip, round); LSP / AR patterns are made at the native resolution with A.1's l2 budget
    for it (``H/32 * W/32``: it grows with the image, so the paper's 140 px patterns are ~4x stronger per
    pixel than 32 px ones; LSP made at 32 px and stretched had no effect, made at 200 px it protects,
-   measured in reports/protection_deploy_rows.md); PNG being lossless, these rows' files are not written.
+   measured in reports/protection_deploy_default.md); PNG being lossless, these rows' files are not written.
 2. **Victims** (:mod:`.victims`): architectures, input sizes, weightings and seeds as listed, random-
    resized-crop + flip, trained ``recipe.epochs`` epochs, tested on clean native test images resized to
    their input size.
