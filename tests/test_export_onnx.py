@@ -234,3 +234,43 @@ def test_tiled_embedding_generator_exports_with_parity(utkface_root, tmp_path):
     from mtlguard.export._load import generator_from_onnx
 
     assert torch.equal(generator_from_onnx(out).table, h.table)  # the small table is not folded into copies
+
+
+def test_split_delta_generator_keeps_a_luma_floor_and_exports_with_parity(utkface_root, tmp_path):
+    """``delta_channels="split"``: the decoder's luma plane and per-channel planes each carry at most half
+    the budget, so grayscale (BT.601 weights sum to 1) keeps the luma half; the ONNX graph and the
+    generator rebuilt from it compute the same delta."""
+    from mtlguard.cli.main import main
+    from mtlguard.export._load import generator_from_onnx
+    from mtlguard.data.utkface import UTKFACE_TASKS
+    from mtlguard.unlearnable import MTLUEGenerator
+
+    torch.manual_seed(3)
+    g = MTLUEGenerator(UTKFACE_TASKS, image_size=32, delta_channels="split").eval()
+    assert g.decoder[-1].out_channels == 4
+    images, labels, _ = utk_batch(utkface_root, 4)
+    x, lab = torch.from_numpy(images), torch.from_numpy(labels)
+    outs = {}
+    g.decoder.register_forward_hook(lambda m, i, o: outs.__setitem__("d", o))
+    with torch.no_grad():
+        tp, td = g(x * 0 + 0.5, lab)  # mid-grey: the [0, 1] box does not bind
+    d = outs["d"]
+    expect = g.eps * 0.5 * (d[:, :1].clamp(-1, 1) + d[:, 1:].clamp(-1, 1))
+    assert torch.allclose(td, expect, atol=1e-7) and td.abs().max() <= g.eps + 1e-7
+    assert float((d.abs() > 1).float().mean()) > 0.05  # the per-half clip is exercised
+    luma = lambda t: 0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]  # noqa: E731
+    # grayscale keeps the luma half: gray(delta) - eps/2 * clip(u) is the per-channel half's luma, |.| <= eps/2
+    rest = luma(td) - g.eps * 0.5 * d[:, 0].clamp(-1, 1)
+    assert rest.abs().max() <= g.eps / 2 + 1e-6
+    out = tmp_path / "gen_split.onnx"
+    assert main(["export", "--model", str(g.save(tmp_path / "gen_split")), "--out", str(out)]) == 0
+    with torch.no_grad():
+        tp, td = g(x, lab)
+    op, od = _ort_out(out, images, labels)
+    assert np.abs(od - td.numpy()).max() <= 1e-5 and np.abs(op - tp.numpy()).max() <= 1e-5
+    back = generator_from_onnx(out).eval()
+    assert back.delta_channels == "split"
+    with torch.no_grad():
+        assert torch.allclose(back(x, lab)[1], td, atol=1e-6)
+    with pytest.raises(ValueError, match="split.*in_channels=1"):
+        MTLUEGenerator(UTKFACE_TASKS, in_channels=1, image_size=32, delta_channels="split")

@@ -156,8 +156,9 @@ def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-size", type=int, default=None,
                    help="generator input side; smaller than --image-size = fit at the images' own size through the "
                         "engine's recipe (default: --image-size)")
-    p.add_argument("--delta-channels", choices=["all", "luma"], default="all",
-                   help="one perturbation plane per channel, or one luma plane for all (default: %(default)s)")
+    p.add_argument("--delta-channels", choices=["all", "luma", "split"], default="all",
+                   help="one perturbation plane per channel, one luma plane for all, or half the budget each "
+                        "(default: %(default)s)")
     p.add_argument("--emb-tile", type=int, default=None, metavar="T",
                    help="class embeddings as T x T tiles repeated over the generator's latent grid (a periodic class "
                         "code: a random crop shows it at another phase); T divides --gen-size / 2 (default: off)")

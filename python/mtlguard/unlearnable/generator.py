@@ -35,7 +35,11 @@ with ``s = eps`` (``delta_units="eps"``, the default) or ``s = 1`` (``"raw"``, A
 * ``delta_channels`` (our choice; default ``"all"``): ``"luma"`` makes D output one plane that is
   replicated to the image's channels.  The ISS grayscale defense, ``Y = 0.299 R + 0.587 G + 0.114 B``,
   then leaves the perturbation unchanged (the weights sum to 1), and JPEG stores it in the finely
-  quantized, full-resolution luma channel rather than in subsampled chroma.
+  quantized, full-resolution luma channel rather than in subsampled chroma.  ``"split"`` gives each
+  half of the budget its own plane set: D outputs one luma plane ``u`` and one plane per channel ``v``,
+  each clipped to the budget, and ``delta = Clip(s * (u + v) / 2)``: at least ``eps/2`` of every pixel's
+  perturbation is luma that grayscale keeps, the rest free per channel (a luma share with a floor,
+  between ``"luma"``, which survives grayscale but protects less under standard training, and ``"all"``).
 * :meth:`MTLUEGenerator.protect_native` applies the generator to an image of any size exactly as
   ``mtlguard-engine`` does (resize to the generator's size, delta upsampled bilinearly, re-clipped to eps,
   added), differentiably: robust fitting (:mod:`.eot`) optimizes what the engine writes.
@@ -64,8 +68,8 @@ DELTA_UNITS = ("raw", "eps")
 LEGACY_DELTA_UNITS = "raw"
 #: which channels the perturbation has: one per image channel (``all``, Alg. 1) or one luma plane
 #: replicated to every channel (``luma``: grayscale conversion keeps it exactly; JPEG keeps luma at full
-#: resolution and quantizes it more finely than chroma)
-DELTA_CHANNELS = ("all", "luma")
+#: resolution and quantizes it more finely than chroma), or half of the budget each (``split``)
+DELTA_CHANNELS = ("all", "luma", "split")
 Z_CHANNELS = 128
 FORMAT_VERSION = 1
 
@@ -169,8 +173,8 @@ class MTLUEGenerator(nn.Module):
         large_stem: 7x7/2 + max-pool stem (z at H/8) instead of the 3x3/1 stem (z at H/2).
         delta_units: ``"eps"`` (``Clip(eps * D(.))``, default) or ``"raw"`` (Alg. 1 as written, ``Clip(D(.))``);
             see the module notes for why ``"eps"`` is the default.
-        delta_channels: ``"all"`` (one perturbation plane per image channel) or ``"luma"`` (one plane
-            replicated to every channel; see the module notes).
+        delta_channels: ``"all"`` (one perturbation plane per image channel), ``"luma"`` (one plane
+            replicated to every channel) or ``"split"`` (half the budget each; see the module notes).
         emb_tile: ``None`` (embeddings cover the latent grid, the paper) or ``t``: ``[emb, t, t]`` class
             tiles repeated over it (``t`` must divide the latent size; see the module notes).
 
@@ -210,6 +214,9 @@ class MTLUEGenerator(nn.Module):
             raise ValueError(f"MTLUEGenerator: delta_units must be one of {DELTA_UNITS}, got {delta_units!r}")
         if delta_channels not in DELTA_CHANNELS:
             raise ValueError(f"MTLUEGenerator: delta_channels must be one of {DELTA_CHANNELS}, got {delta_channels!r}")
+        if delta_channels == "split" and in_channels != 3:
+            raise ValueError("MTLUEGenerator: delta_channels='split' needs a colour image (in_channels=3), "
+                             f"got in_channels={in_channels}")
         lat = (h // div, w // div)
         if emb_tile is not None and (int(emb_tile) <= 0 or lat[0] % int(emb_tile) or lat[1] % int(emb_tile)):
             raise ValueError(f"MTLUEGenerator: emb_tile {emb_tile} must be positive and divide the latent size {lat} "
@@ -241,7 +248,8 @@ class MTLUEGenerator(nn.Module):
             for t in self.dense_tasks
         })
         cin = Z_CHANNELS + self.emb_channels * len(self.tasks)
-        self.decoder = _decoder(cin, 1 if delta_channels == "luma" else self.in_channels, self.large_stem)
+        planes = {"all": self.in_channels, "luma": 1, "split": 1 + self.in_channels}[delta_channels]
+        self.decoder = _decoder(cin, planes, self.large_stem)
 
     # --- embeddings ------------------------------------------------------------------------------
     @property
@@ -294,7 +302,7 @@ class MTLUEGenerator(nn.Module):
     # --- forward ---------------------------------------------------------------------------------
     def perturbation(self, image: torch.Tensor, labels: torch.Tensor, dense: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Raw decoder output ``D([E(x), e...])`` (before the clip), with the image's channel count
-        (a ``luma`` plane is replicated)."""
+        (a ``luma`` plane is replicated; ``split`` returns ``(clip(u) + clip(v)) / 2``)."""
         if image.dim() != 4 or image.shape[1] != self.in_channels or tuple(image.shape[2:]) != self.image_size:
             raise ValueError(f"MTLUEGenerator: image must be [N, {self.in_channels}, {self.image_size[0]}, "
                              f"{self.image_size[1]}], got {tuple(image.shape)}")
@@ -319,6 +327,9 @@ class MTLUEGenerator(nn.Module):
                 parts.append(self.embedders[t.name](dense_label_input(t, dense[t.name]).to(z.dtype)))
             feats = torch.cat(parts, 1)
         out = self.decoder(feats)
+        if self.delta_channels == "split":
+            bound = 1.0 if self.delta_units == "eps" else self.eps
+            return 0.5 * (out[:, :1].clamp(-bound, bound) + out[:, 1:].clamp(-bound, bound))
         if out.shape[1] != self.in_channels:
             out = out.expand(-1, self.in_channels, -1, -1)
         return out
