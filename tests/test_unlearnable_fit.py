@@ -231,3 +231,47 @@ def test_adversarial_surrogate_mix_fits_through_clean_and_robust_together(native
     assert any(not torch.equal(v, robust_only.state_dict()[k]) for k, v in gen.state_dict().items())
     with pytest.raises(ValueError, match="surrogate_adv_mix"):
         GeneratorRecipe(fit=_robust_cfg(base="tap"), surrogate_adv_mix=True)  # no PGD-AT fine-tune to mix in
+
+
+def test_adversarial_views_maximize_the_loss_the_generator_minimizes(tiny_utk):
+    """REM-style views (``adv_eps``): PGD moves each view, within the ball, to raise the loss it is asked
+    for -- TAP's targeted loss for a TAP fit's generator step, the EM loss for an EM surrogate -- and a
+    TAP fit through such views still lowers the worst-case targeted loss it optimizes."""
+    from mtlguard.unlearnable.base_losses import em_loss
+    from mtlguard.unlearnable.fitting import _Views
+
+    torch.manual_seed(0)
+    tasks = tiny_utk.tasks
+    sur = build_model(tasks, arch="resnet18", image_size=SIZE)
+    train_clean_surrogate(sur, tasks, tiny_utk, epochs=2, batch_size=12, progress=False)
+    sur.eval().requires_grad_(False)
+    x, y = _batch(tiny_utk)
+    eps = 4 / 255
+    cfg = FitConfig(base="tap", epochs=1, batch_size=12, augment=False, adv_eps=eps, adv_steps=3, seed=0)
+    gen = MTLUEGenerator(tasks, image_size=SIZE)
+    views = _Views(cfg, gen)
+    with torch.no_grad():
+        tap0, em0 = float(tap_loss(tasks, sur(x), y)), float(em_loss(tasks, sur(x), y))
+    xt = views.adversarial([sur], x, y, "tap")
+    xe = views.adversarial([sur], x, y, "em")
+    for xa in (xt, xe):
+        assert (xa - x).abs().max() <= eps + 1e-6 and (xa - x).abs().max() > eps / 2
+    with torch.no_grad():
+        assert float(tap_loss(tasks, sur(xt), y)) > tap0
+        assert float(em_loss(tasks, sur(xe), y)) > em0
+    assert torch.equal(_Views(FitConfig(base="tap"), gen).adversarial([sur], x, y, "tap"), x)  # off: unchanged
+
+    labels = gen.labels_from_targets(y)
+
+    def worst_targeted():
+        gen.eval()
+        with torch.no_grad():
+            xp = gen(x, labels)[0]
+        torch.manual_seed(1)
+        xa = views.adversarial([sur], xp, y, "tap")
+        with torch.no_grad():
+            return float(tap_loss(tasks, sur(xa), y))
+
+    before = worst_targeted()
+    fit_generator(gen, tiny_utk, sur, FitConfig(**{**cfg.to_dict(), "epochs": 3, "lr": 1e-2}), progress=False)
+    assert worst_targeted() < before

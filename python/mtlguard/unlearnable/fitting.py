@@ -33,9 +33,9 @@ Robust fitting (our extensions, each off by default so Alg. 1 as written stays a
   Measured on the same row (the bundled recipe otherwise): ``t`` = 4 / 8 shifted protection from race
   (standard 0.50 / 0.53 vs 0.86) to age and did not raise the worst case (0.17 / 0.12 vs 0.20).
 * **Adversarial views** (``adv_eps``, ``adv_steps``; REM, Fu et al. 2022): ``L_b`` is taken at the
-  worst case of an ``adv_eps`` L-inf ball around each view (PGD maximizing the surrogate's loss), and the
-  EM surrogate is trained on such views (PGD-AT), so the shortcut must survive an adversarially trained
-  victim.
+  worst case of an ``adv_eps`` L-inf ball around each view (PGD maximizing ``L_b`` itself: min-min-max for
+  EM, min-max of the targeted loss for TAP), and the EM surrogate is trained on such views (PGD-AT), so
+  the shortcut must survive an adversarially trained victim.
 * **Several surrogates** (pass a list): ``L_b`` is their mean (SEP-style over architectures); EM trains
   each; TAP takes the mean of the targeted losses of the clean-trained models.
 * **Speed** (``amp="bf16"``, ``channels_last``): convolutions autocast to bfloat16 (image arithmetic, the
@@ -70,7 +70,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import atomic_write, atomic_write_text
 from .augment import differentiable_augment
-from .base_losses import BASE_LOSSES, base_loss, classification_accuracy, em_loss
+from .base_losses import BASE_LOSSES, base_loss, classification_accuracy
 from .eot import EOTConfig, VictimView, fixed_view
 from .generator import LEGACY_DELTA_UNITS, MTLUEGenerator
 from .regularizers import LAMBDA_INTER, LAMBDA_INTRA, inter_er, intra_er
@@ -218,8 +218,10 @@ class _Views:
             return self.eot(xp, rng)
         return differentiable_augment(xp, rng) if self.augment else xp
 
-    def adversarial(self, models: Sequence[nn.Module], xv: torch.Tensor, targets) -> torch.Tensor:
-        """``xv`` plus the (detached) PGD perturbation maximizing the mean surrogate EM loss within ``adv_eps``."""
+    def adversarial(self, models: Sequence[nn.Module], xv: torch.Tensor, targets, loss_name: str = "em") -> torch.Tensor:
+        """``xv`` plus the (detached) PGD perturbation within ``adv_eps`` maximizing ``loss_name`` over the
+        surrogates: the loss the generator minimizes (``L_b``: EM, or TAP's targeted loss) for the generator's
+        step, the EM loss for an EM surrogate's own PGD-AT step."""
         cfg = self.cfg
         if cfg.adv_steps <= 0:
             return xv
@@ -228,7 +230,7 @@ class _Views:
         delta = torch.empty_like(base).uniform_(-cfg.adv_eps, cfg.adv_eps)
         for _ in range(cfg.adv_steps):
             delta.requires_grad_(True)
-            loss = sum(em_loss(self.tasks, m((base + delta).clamp(0, 1)), targets) for m in models)
+            loss = base_loss(loss_name, models, self.tasks, (base + delta).clamp(0, 1), targets)
             (grad,) = torch.autograd.grad(loss, delta)
             delta = (delta.detach() + step * grad.sign()).clamp(-cfg.adv_eps, cfg.adv_eps)
         return (xv + delta.detach()).clamp(0, 1)
@@ -300,7 +302,7 @@ class _Alg1:
                 xp = protect_batch(gen, self.nhwc(x.to(self.device)), targets)
             xv = self.views(xp.float(), rng)  # the victim pipeline (JPEG, resizing) stays float32
             with self.autocast():
-                xv = self.views.adversarial(self.models, self.nhwc(xv), targets)
+                xv = self.views.adversarial(self.models, self.nhwc(xv), targets, cfg.base)
                 lb = base_loss(cfg.base, self.models, gen.tasks, xv, targets).float()
             loss, li, lj = lb, torch.zeros(()), torch.zeros(())
             if self.use_er:
