@@ -42,8 +42,8 @@ with ``s = eps`` (``delta_units="eps"``, the default) or ``s = 1`` (``"raw"``, A
   between ``"luma"``, which survives grayscale but protects less under standard training, and ``"all"``).
   Measured with the default's recipe (``reports/protection_deploy_defenses.md``, seed 0, ResNet-18@32,
   PR age / gender / race): grayscale 0.39 / 0.44 / 0.36 vs 0.24 / 0.23 / 0.33 with ``"all"``, PGD-AT race
-  0.12 vs 0.00, but BDR-2 0.54-0.63 and mixup age 0.48 (``"all"``: >= 0.88), and VGG-11@32 age 0.85 under
-  standard training: not the default.
+  0.12 vs 0.00, but BDR-2 0.54-0.63 and mixup age 0.48 (``"all"``: >= 0.88), and under standard training on
+  architectures it never saw as low as 0.57 (DenseNet-121@32 gender): not the default.
 * :meth:`MTLUEGenerator.protect_native` applies the generator to an image of any size exactly as
   ``mtlguard-engine`` does (resize to the generator's size, delta upsampled bilinearly, re-clipped to eps,
   added), differentiably: robust fitting (:mod:`.eot`) optimizes what the engine writes.
