@@ -244,6 +244,7 @@ def test_split_delta_generator_keeps_a_luma_floor_and_exports_with_parity(utkfac
     from mtlguard.export._load import generator_from_onnx
     from mtlguard.data.utkface import UTKFACE_TASKS
     from mtlguard.unlearnable import MTLUEGenerator
+    from mtlguard.unlearnable.eot import grayscale
 
     torch.manual_seed(3)
     g = MTLUEGenerator(UTKFACE_TASKS, image_size=32, delta_channels="split").eval()
@@ -258,9 +259,8 @@ def test_split_delta_generator_keeps_a_luma_floor_and_exports_with_parity(utkfac
     expect = g.eps * 0.5 * (d[:, :1].clamp(-1, 1) + d[:, 1:].clamp(-1, 1))
     assert torch.allclose(td, expect, atol=1e-7) and td.abs().max() <= g.eps + 1e-7
     assert float((d.abs() > 1).float().mean()) > 0.05  # the per-half clip is exercised
-    luma = lambda t: 0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]  # noqa: E731
     # grayscale keeps the luma half: gray(delta) - eps/2 * clip(u) is the per-channel half's luma, |.| <= eps/2
-    rest = luma(td) - g.eps * 0.5 * d[:, 0].clamp(-1, 1)
+    rest = grayscale(td)[:, 0] - g.eps * 0.5 * d[:, 0].clamp(-1, 1)
     assert rest.abs().max() <= g.eps / 2 + 1e-6
     out = tmp_path / "gen_split.onnx"
     assert main(["export", "--model", str(g.save(tmp_path / "gen_split")), "--out", str(out)]) == 0
