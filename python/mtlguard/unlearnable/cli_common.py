@@ -26,12 +26,10 @@ def eot_config(args):
 
 def _defense_probabilities(spec) -> dict:
     """``--eot-defenses``: a scale of :class:`EOTConfig`'s default probabilities, or ``gray=p,...`` (others 0)."""
-    from .eot import EOTConfig
+    from .eot import FILE_TRANSFORMS as names, EOTConfig
 
-    names = ("gray", "jpeg", "blur", "bdr")
-    base = EOTConfig()
     if isinstance(spec, (int, float)):
-        return {f"p_{n}": getattr(base, f"p_{n}") * spec for n in names}
+        return {f"p_{n}": p * spec for n, p in zip(names, EOTConfig().probabilities())}
     out = {f"p_{n}": 0.0 for n in names}
     for kv in (kv.strip() for kv in str(spec).split(",")):
         name, _, value = kv.partition("=")

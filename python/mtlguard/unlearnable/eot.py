@@ -178,6 +178,11 @@ def random_resized_crop(x: torch.Tensor, size: int, scale: Sequence[float], rati
 
 
 # --- the victim pipeline --------------------------------------------------------------------------------
+#: the file-level transformations of a victim pipeline, in the order their probabilities are cumulated
+#: (``EOTConfig.p_<name>``; ``--eot-defenses NAME=P``)
+FILE_TRANSFORMS = ("gray", "jpeg", "blur", "bdr")
+
+
 @dataclass
 class EOTConfig:
     """Distribution of victim pipelines :class:`VictimView` draws from.
@@ -219,9 +224,13 @@ class EOTConfig:
             setattr(self, name, (type(lo)(lo), type(hi)(hi)))
         if self.crop_scale[1] > 1:
             raise ValueError(f"EOTConfig.crop_scale must lie in (0, 1], got {self.crop_scale}")
-        ps = (self.p_gray, self.p_jpeg, self.p_blur, self.p_bdr)
+        ps = self.probabilities()
         if min(ps) < 0 or sum(ps) > 1:
             raise ValueError(f"EOTConfig: transformation probabilities must be >= 0 and sum to <= 1, got {ps}")
+
+    def probabilities(self) -> tuple[float, ...]:
+        """``p_<name>`` for each name of :data:`FILE_TRANSFORMS`, in that order."""
+        return tuple(getattr(self, f"p_{n}") for n in FILE_TRANSFORMS)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -249,10 +258,10 @@ class VictimView:
         cfg = self.config
         b = x.shape[0]
         u = torch.rand(b, generator=rng)
-        edges = torch.tensor([cfg.p_gray, cfg.p_jpeg, cfg.p_blur, cfg.p_bdr]).cumsum(0)
-        kind = torch.bucketize(u, edges, right=True)  # 0 gray, 1 jpeg, 2 blur, 3 bdr, 4 none
+        edges = torch.tensor(cfg.probabilities()).cumsum(0)
+        kind = torch.bucketize(u, edges, right=True)  # index into FILE_TRANSFORMS; len(FILE_TRANSFORMS) = none
         out = x
-        for k, fn in enumerate((self._gray, self._jpeg, self._blur, self._bdr)):
+        for k, fn in enumerate(getattr(self, f"_{n}") for n in FILE_TRANSFORMS):
             idx = (kind == k).nonzero().flatten()
             if idx.numel():
                 sub = fn(x[idx.to(x.device)], rng)
