@@ -233,6 +233,40 @@ def test_adversarial_surrogate_mix_fits_through_clean_and_robust_together(native
         GeneratorRecipe(fit=_robust_cfg(base="tap"), surrogate_adv_mix=True)  # no PGD-AT fine-tune to mix in
 
 
+def test_tap_recipe_over_architectures_fits_through_each_clean_surrogate(native_utk, tmp_path):
+    """``surrogate_archs`` with TAP: one clean surrogate per architecture, each saved in its own file (reused,
+    not retrained, when the fit resumes) and named in the config; the fit equals fit_generator over those
+    models (L_b averaged), bit for bit."""
+    from mtlguard.unlearnable.recipes import GeneratorRecipe, fit_recipe
+    from mtlguard.unlearnable.surrogate import build_surrogate
+
+    archs = ("small_cnn", "mobilenet_v3_small")
+    recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16, surrogate_archs=archs,
+                             surrogate_epochs=1)
+    gen, _ = fit_recipe(recipe, native_utk, tmp_path / "ens", progress=False)
+    files = [tmp_path / "ens" / "clean_surrogate.pt", tmp_path / "ens" / "clean_surrogate_mobilenet_v3_small.pt"]
+    cfg = json.loads((tmp_path / "ens" / "generator.json").read_text())
+    assert cfg["extra"]["surrogates"] == list(archs)
+    assert cfg["extra"]["recipe"]["surrogate_archs"] == list(archs)
+
+    surs = []
+    for arch, f in zip(archs, files):
+        s = build_surrogate(native_utk.tasks, 3, 24, arch)
+        s.load_state_dict(torch.load(f, weights_only=True)["snapshots"][-1])
+        surs.append(s)
+    torch.manual_seed(0)
+    ref = MTLUEGenerator(native_utk.tasks, image_size=(16, 16))
+    fit_generator(ref, native_utk, surs, _robust_cfg(base="tap", epochs=1), out_dir=tmp_path / "ref", progress=False)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, gen.state_dict()[k]), k
+
+    stamps = [f.stat().st_mtime_ns for f in files]
+    longer = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=2), gen_size=16, surrogate_archs=archs,
+                             surrogate_epochs=1)
+    _, res = fit_recipe(longer, native_utk, tmp_path / "ens", progress=False)
+    assert res.rounds == 2 and [f.stat().st_mtime_ns for f in files] == stamps  # extended; surrogates reused
+
+
 def test_adversarial_views_maximize_the_loss_the_generator_minimizes(tiny_utk):
     """REM-style views (``adv_eps``): PGD moves each view, within the ball, to raise the loss it is asked
     for -- TAP's targeted loss for a TAP fit's generator step, the EM loss for an EM surrogate -- and a

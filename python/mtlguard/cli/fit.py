@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--train-steps", type=int, default=10, help="EM: surrogate steps per round")
     p.add_argument("--stop-acc", type=float, default=0.99, help="EM: stop at this surrogate train accuracy")
     p.add_argument("--surrogate-arch", default="resnet18",
-                   help="surrogate architecture; EM accepts a comma list (an ensemble) (default: %(default)s)")
+                   help="surrogate architecture, or a comma list = an ensemble (TAP: clean surrogates, L_b averaged; "
+                        "EM: trained together; SEP: one architecture) (default: %(default)s)")
     p.add_argument("--surrogate-epochs", type=int, default=60, help="TAP/SEP: clean surrogate training epochs")
     p.add_argument("--sep-checkpoints", type=int, default=15)
     p.add_argument("--large-stem", action="store_true", help="7x7/2 + maxpool encoder stem (large images)")
