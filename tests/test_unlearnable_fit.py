@@ -267,6 +267,42 @@ def test_tap_recipe_over_architectures_fits_through_each_clean_surrogate(native_
     assert res.rounds == 2 and [f.stat().st_mtime_ns for f in files] == stamps  # extended; surrogates reused
 
 
+def test_surrogate_at_its_own_resolution_sees_every_input_resized(native_utk, tmp_path):
+    """``ARCH@SIZE``: that surrogate gets every input resized to SIZE (antialiased, as a victim's loader does) in
+    its clean training and in the fit, with the plain architecture's weight names; a bad size is refused before
+    anything is trained."""
+    from mtlguard.unlearnable.eot import resize
+    from mtlguard.unlearnable.recipes import GeneratorRecipe, _build_surrogates, fit_recipe, surrogate_spec
+    from mtlguard.unlearnable.surrogate import build_surrogate
+
+    assert surrogate_spec("resnet18@64") == ("resnet18", 64)
+    assert surrogate_spec("resnet18") == ("resnet18", None)
+    for bad in ("resnet18@x", "resnet18@4", "@32"):
+        with pytest.raises(ValueError, match="ARCH@SIZE"):
+            GeneratorRecipe(fit=_robust_cfg(base="tap"), surrogate_archs=("small_cnn", bad))
+
+    recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16,
+                             surrogate_archs=("small_cnn@16", "small_cnn"), surrogate_epochs=1)
+    sized, plain = _build_surrogates(recipe, native_utk.tasks, 3, 24)
+    seen = []
+    sized.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 24, 24)
+    ref = build_surrogate(native_utk.tasks, 3, 16, "small_cnn")
+    ref.load_state_dict(sized.state_dict())
+    with torch.no_grad():
+        out, want = sized.eval()(x), ref.eval()(resize(x, (16, 16)))
+    assert seen == [(16, 16)]
+    for t in native_utk.tasks:
+        assert torch.equal(out[t.name], want[t.name])
+
+    fit_recipe(recipe, native_utk, tmp_path, progress=False)
+    cfg = json.loads((tmp_path / "generator.json").read_text())
+    assert cfg["extra"]["surrogates"] == ["small_cnn@16", "small_cnn"]
+    for f in ("clean_surrogate.pt", "clean_surrogate_small_cnn.pt"):
+        ref.load_state_dict(torch.load(tmp_path / f, weights_only=True)["snapshots"][-1])  # plain names
+
+
 def test_adversarial_views_maximize_the_loss_the_generator_minimizes(tiny_utk):
     """REM-style views (``adv_eps``): PGD moves each view, within the ball, to raise the loss it is asked
     for -- TAP's targeted loss for a TAP fit's generator step, the EM loss for an EM surrogate -- and a

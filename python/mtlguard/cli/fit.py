@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--stop-acc", type=float, default=0.99, help="EM: stop at this surrogate train accuracy")
     p.add_argument("--surrogate-arch", default="resnet18",
                    help="surrogate architecture, or a comma list = an ensemble (TAP: clean surrogates, L_b averaged; "
-                        "EM: trained together; SEP: one architecture) (default: %(default)s)")
+                        "EM: trained together; SEP: one architecture); ARCH@SIZE: that surrogate sees every input "
+                        "resized to SIZE (multi-resolution ensembles) (default: %(default)s)")
     p.add_argument("--surrogate-epochs", type=int, default=60, help="TAP/SEP: clean surrogate training epochs")
     p.add_argument("--sep-checkpoints", type=int, default=15)
     p.add_argument("--large-stem", action="store_true", help="7x7/2 + maxpool encoder stem (large images)")
@@ -39,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 
 def recipe_from_args(args, eps: float):
-    """The :class:`GeneratorRecipe` the fit options describe (shared with ``evaluate-protection``)."""
+    """The :class:`GeneratorRecipe` the fit options describe; a bad combination exits with one line."""
     from ..unlearnable.cli_common import eot_config
     from ..unlearnable.fitting import FitConfig
     from ..unlearnable.recipes import GeneratorRecipe
@@ -59,7 +60,7 @@ def recipe_from_args(args, eps: float):
                                surrogate_adv_epochs=args.surrogate_adv_epochs,
                                surrogate_adv_mix=args.surrogate_adv_mix)
     except ValueError as e:
-        raise SystemExit(f"mtlguard fit: {e}") from None
+        raise SystemExit(str(e)) from None
 
 
 def run(args) -> int:

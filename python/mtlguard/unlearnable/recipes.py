@@ -5,7 +5,10 @@
 the same victim views as the fit, when EOT is on), optionally fine-tunes it with PGD-AT (``surrogate_adv_eps``:
 TAP then targets the robust model, or with ``surrogate_adv_mix`` the clean and the robust model together, L_b
 averaged), runs :func:`fit_generator` (resumable in ``out_dir``) and saves ``out_dir/generator.safetensors``
-with the recipe and the surrogates' names in its config's ``extra``.  Measured on the deployment protocol
+with the recipe and the surrogates' names in its config's ``extra``.  A surrogate named ``ARCH@SIZE`` works at
+that input side (multi-resolution ensembles, e.g. ``resnet18@32,resnet18@64`` on 64 px training images): every
+input it gets, in its clean training and in the fit, is first resized to ``SIZE`` (antialiased, as a victim's
+loader does), so each member sees the views the way a victim of its resolution would.  Measured on the deployment protocol
 (reports/protection_deploy_defenses.md), neither adversarial option beat the plain clean surrogate; how long
 that surrogate is trained mattered most: 20 clean epochs instead of 6 (the bundled default's one change) took
 standard-training PR from 0.80 to 1.15 (worst task, seed 0) but PGD-AT race from 0.20 to 0.00.
@@ -21,7 +24,7 @@ from typing import Sequence
 import torch
 
 from ..atomic import atomic_write
-from .eot import VictimView
+from .eot import VictimView, resize
 from .fitting import FitConfig, FitResult, fit_generator
 from .generator import MTLUEGenerator
 from .surrogate import build_surrogate, train_clean_surrogate
@@ -52,6 +55,8 @@ class GeneratorRecipe:
             raise ValueError("GeneratorRecipe: at least one surrogate architecture is needed")
         if len(self.surrogate_archs) > 1 and self.fit.base == "sep":
             raise ValueError("GeneratorRecipe: SEP's checkpoint ensemble uses one surrogate architecture")
+        for spec in self.surrogate_archs:
+            surrogate_spec(spec)  # a malformed ARCH@SIZE fails here, before anything is trained
         if self.surrogate_adv_mix and not (self.surrogate_adv_eps > 0 and self.fit.base == "tap"):
             raise ValueError("GeneratorRecipe: surrogate_adv_mix needs base 'tap' and surrogate_adv_eps > 0")
 
@@ -60,6 +65,32 @@ class GeneratorRecipe:
         d["fit"] = self.fit.to_dict()
         d["surrogate_archs"] = list(self.surrogate_archs)
         return d
+
+
+def surrogate_spec(spec: str) -> tuple[str, int | None]:
+    """``"resnet18@64"`` -> ``("resnet18", 64)``; ``"resnet18"`` (or an ``ARCH/MTL`` spec) -> ``(spec, None)``."""
+    arch, at, size = spec.rpartition("@")
+    if not at or "/" in spec:
+        return spec, None
+    if not size.isdigit() or int(size) < 8 or not arch:
+        raise ValueError(f"surrogate {spec!r}: expected ARCH or ARCH@SIZE with SIZE a side >= 8 pixels")
+    return arch, int(size)
+
+
+def _resized_input(model: torch.nn.Module, size: int) -> torch.nn.Module:
+    """``model`` with every input resized to ``size x size`` first (a forward pre-hook: the weights' names,
+    and so the saved snapshots, stay those of ``model``)."""
+    model.register_forward_pre_hook(lambda _m, args: (resize(args[0], (size, size)), *args[1:]))
+    return model
+
+
+def _build_surrogates(recipe: GeneratorRecipe, tasks, channels: int, view_size: int) -> list[torch.nn.Module]:
+    out = []
+    for spec in recipe.surrogate_archs:
+        arch, size = surrogate_spec(spec)
+        model = build_surrogate(tasks, channels, size or view_size, arch)
+        out.append(_resized_input(model, size) if size else model)
+    return out
 
 
 def _clean_snapshots(recipe: GeneratorRecipe, surrogate, train_set, out_dir: Path, device, progress,
@@ -108,12 +139,12 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
                          large_stem=recipe.large_stem, delta_units=recipe.delta_units,
                          delta_channels=recipe.delta_channels, emb_tile=recipe.emb_tile)
     out.mkdir(parents=True, exist_ok=True)  # after the generator's options are checked: a refused fit leaves nothing
-    sur_size = max(recipe.fit.eot.sizes) if recipe.fit.eot is not None else size[0]
-    surs = [build_surrogate(train_set.tasks, channels, sur_size, a) for a in recipe.surrogate_archs]
+    view_size = max(recipe.fit.eot.sizes) if recipe.fit.eot is not None else size[0]
+    surs = _build_surrogates(recipe, train_set.tasks, channels, view_size)
     names, snaps, robust, robust_names = list(recipe.surrogate_archs), None, [], []
     if recipe.fit.base != "em":  # clean-trained, frozen surrogates (TAP: one per architecture)
         for i, (arch, sur) in enumerate(zip(recipe.surrogate_archs, surs)):
-            name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{arch}.pt"
+            name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{arch.replace('@', '_')}.pt"
             arch_snaps = _clean_snapshots(recipe, sur, train_set, out, device, progress, name)
             if recipe.surrogate_adv_eps > 0:
                 sur.load_state_dict(arch_snaps[-1])  # the PGD-AT fine-tune starts from the clean model
