@@ -303,6 +303,34 @@ def test_surrogate_at_its_own_resolution_sees_every_input_resized(native_utk, tm
         ref.load_state_dict(torch.load(tmp_path / f, weights_only=True)["snapshots"][-1])  # plain names
 
 
+def test_log_task_balance_divides_each_task_gradient_by_its_loss(tiny_utk):
+    """``balance="log"``: L_b = sum_k log L_k with L_k the ensemble's mean task loss, so its gradient is
+    sum_k grad L_k / L_k (GB-MTA Eq. 8-9); ``"sum"`` is TAP's loss as before; unknown names are refused."""
+    from mtlguard.unlearnable.base_losses import base_loss, task_terms
+
+    torch.manual_seed(0)
+    tasks = tiny_utk.tasks
+    models = [build_model(tasks, arch="small_cnn", image_size=SIZE).eval() for _ in range(2)]
+    x, y = _batch(tiny_utk)
+    x = x.clone().requires_grad_(True)
+    (g_log,) = torch.autograd.grad(base_loss("tap", models, tasks, x, y, balance="log"), x)
+    per_model = [task_terms("tap", tasks, m(x), y) for m in models]
+    want = 0
+    for k in range(len(tasks)):
+        lk = (per_model[0][k][0] + per_model[1][k][0]) / 2
+        (gk,) = torch.autograd.grad(lk, x, retain_graph=True)
+        want = want + gk / lk.detach()
+    assert torch.allclose(g_log, want, rtol=1e-4, atol=1e-7)
+    (g_sum,) = torch.autograd.grad(base_loss("tap", models, tasks, x, y), x)
+    assert not torch.allclose(g_sum, g_log)
+    ref = sum(tap_loss(tasks, m(x), y) for m in models) / 2
+    assert torch.allclose(base_loss("tap", models, tasks, x, y, balance="sum"), ref)
+    with pytest.raises(ValueError, match="task balance"):
+        base_loss("tap", models, tasks, x, y, balance="max")
+    with pytest.raises(ValueError, match="task_balance"):
+        FitConfig(base="tap", task_balance="max")
+
+
 def test_adversarial_views_maximize_the_loss_the_generator_minimizes(tiny_utk):
     """REM-style views (``adv_eps``): PGD moves each view, within the ball, to raise the loss it is asked
     for -- TAP's targeted loss for a TAP fit's generator step, the EM loss for an EM surrogate -- and a

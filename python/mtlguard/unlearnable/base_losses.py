@@ -8,6 +8,12 @@ scalarization with uniform weights, the surrogate's LS weighting).
   for classification / segmentation; for depth and normals (no natural target, A.1) the loss is
   untargeted: ``-L_k(F(x + delta), y^k)``.
 * SEP (Chen et al., 2023): TAP's loss averaged over an ensemble of checkpoints of the clean surrogate.
+
+Task balance (our option, ``balance``; default ``"sum"`` = the paper's uniform LS sum): ``"log"`` sums
+``log L_k`` instead of ``L_k`` (``-log L_k`` for an untargeted task), so each task's gradient is
+``grad L_k / L_k``: the GB-MTA direction ``sum_i grad L_i / L_i`` (Zhang et al., Eq. 8-9) and MTA's log-loss
+balancing (Guo et al., Eq. 2-5).  A task whose loss is already small (an easy binary task) no longer dominates
+the perturbation's budget over a hard one (age's many classes).
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from ..data.tasks import TaskSpec
 from ..models.losses import task_loss
 
 BASE_LOSSES = ("em", "tap", "sep")
+#: how the per-task terms of L_b are combined: the paper's sum, or GB-MTA / MTA log-loss balancing
+TASK_BALANCES = ("sum", "log")
 
 
 def target_labels(spec: TaskSpec, target: torch.Tensor) -> torch.Tensor:
@@ -39,22 +47,26 @@ def is_targeted(spec: TaskSpec) -> bool:
     return spec.kind in ("binary", "multiclass", "segmentation")
 
 
+def task_terms(name: str, tasks: Sequence[TaskSpec], outputs: Mapping[str, torch.Tensor],
+               targets: Mapping[str, torch.Tensor], reduction: str = "mean") -> list[tuple[torch.Tensor, float]]:
+    """``(L_k, sign)`` per task of ``L_b = sum_k sign * L_k``: EM ``(L_k(y), +1)``; TAP / SEP ``(L_k(t), +1)``
+    for a targeted task, ``(L_k(y), -1)`` for depth / normals (untargeted)."""
+    if name == "em":
+        return [(task_loss(t, outputs[t.name], targets[t.name], reduction), 1.0) for t in tasks]
+    return [(task_loss(t, outputs[t.name], target_labels(t, targets[t.name]), reduction), 1.0) if is_targeted(t)
+            else (task_loss(t, outputs[t.name], targets[t.name], reduction), -1.0) for t in tasks]
+
+
 def em_loss(tasks: Sequence[TaskSpec], outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
             reduction: str = "mean") -> torch.Tensor:
     """EM: sum over tasks of the task losses on the true labels."""
-    return sum(task_loss(t, outputs[t.name], targets[t.name], reduction) for t in tasks)
+    return sum(sign * loss for loss, sign in task_terms("em", tasks, outputs, targets, reduction))
 
 
 def tap_loss(tasks: Sequence[TaskSpec], outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
              reduction: str = "mean") -> torch.Tensor:
     """TAP: targeted loss towards ``(y + C//2) % C``; negated (untargeted) loss for depth/normals."""
-    total = 0
-    for t in tasks:
-        if is_targeted(t):
-            total = total + task_loss(t, outputs[t.name], target_labels(t, targets[t.name]), reduction)
-        else:
-            total = total - task_loss(t, outputs[t.name], targets[t.name], reduction)
-    return total
+    return sum(sign * loss for loss, sign in task_terms("tap", tasks, outputs, targets, reduction))
 
 
 def ensemble_tap_loss(models: Sequence[nn.Module], tasks: Sequence[TaskSpec], x: torch.Tensor,
@@ -66,19 +78,27 @@ def ensemble_tap_loss(models: Sequence[nn.Module], tasks: Sequence[TaskSpec], x:
 
 
 def base_loss(name: str, models: Sequence[nn.Module], tasks: Sequence[TaskSpec], x: torch.Tensor,
-              targets: Mapping[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+              targets: Mapping[str, torch.Tensor], reduction: str = "mean", balance: str = "sum") -> torch.Tensor:
     """``L_b`` of Alg. 1 for ``name`` in ``("em", "tap", "sep")`` on the (augmented) protected batch ``x``.
 
     ``models``: ``[surrogate]`` for EM/TAP (several: the mean of their losses, an ensemble over
-    architectures), the checkpoint ensemble for SEP.
+    architectures), the checkpoint ensemble for SEP.  ``balance="log"``: ``sum_k sign_k * log L_k`` with
+    ``L_k`` the ensemble's mean task loss (module notes; GB-MTA Eq. 8-9).
     """
     if not models:
         raise ValueError("base_loss: no surrogate model")
-    if name == "em":
-        return sum(em_loss(tasks, m(x), targets, reduction) for m in models) / len(models)
-    if name in ("tap", "sep"):
+    if name not in BASE_LOSSES:
+        raise ValueError(f"unknown base loss {name!r}; expected one of {BASE_LOSSES}")
+    if balance not in TASK_BALANCES:
+        raise ValueError(f"unknown task balance {balance!r}; expected one of {TASK_BALANCES}")
+    if balance == "sum":
+        if name == "em":
+            return sum(em_loss(tasks, m(x), targets, reduction) for m in models) / len(models)
         return ensemble_tap_loss(models, tasks, x, targets, reduction)
-    raise ValueError(f"unknown base loss {name!r}; expected one of {BASE_LOSSES}")
+    per_model = [task_terms(name, tasks, m(x), targets, reduction) for m in models]
+    mean_terms = [(sum(terms[k][0] for terms in per_model) / len(models), per_model[0][k][1])
+                  for k in range(len(tasks))]
+    return sum(sign * torch.log(loss.clamp_min(1e-6)) for loss, sign in mean_terms)
 
 
 @torch.no_grad()

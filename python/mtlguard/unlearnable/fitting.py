@@ -73,7 +73,7 @@ from torch.utils.data import Dataset
 
 from ..atomic import atomic_write, atomic_write_text
 from .augment import differentiable_augment
-from .base_losses import BASE_LOSSES, base_loss, classification_accuracy
+from .base_losses import BASE_LOSSES, TASK_BALANCES, base_loss, classification_accuracy
 from .eot import EOTConfig, VictimView, fixed_view
 from .generator import LEGACY_DELTA_UNITS, MTLUEGenerator
 from .regularizers import LAMBDA_INTER, LAMBDA_INTRA, inter_er, intra_er
@@ -99,6 +99,7 @@ class FitConfig:
     eot: EOTConfig | None = None    # robust fitting: random victim pipelines (module notes)
     adv_eps: float = 0.0            # REM-style adversarial views (L-inf radius, [0, 1] units); 0 = off
     adv_steps: int = 0
+    task_balance: str = "sum"       # how L_b combines the tasks: "sum" (Alg. 1) or "log" (GB-MTA / MTA balancing)
     joint: bool = False             # EM: the surrogates also step on every generator batch (module notes)
     reinit_every: int = 0           # EM: re-initialize the surrogates every N rounds (0 = never)
     amp: str = "none"               # "bf16": autocast convolutions to bfloat16 (speed; see bench/fit.py)
@@ -107,6 +108,8 @@ class FitConfig:
     def __post_init__(self):
         if self.base not in BASE_LOSSES:
             raise ValueError(f"FitConfig.base must be one of {BASE_LOSSES}, got {self.base!r}")
+        if self.task_balance not in TASK_BALANCES:
+            raise ValueError(f"FitConfig.task_balance must be one of {TASK_BALANCES}, got {self.task_balance!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"FitConfig: epochs ({self.epochs}) and batch_size ({self.batch_size}) must be >= 1")
         if isinstance(self.eot, dict):
@@ -126,7 +129,7 @@ class FitConfig:
 
 
 #: options added after fit states were first saved, with the value those states were made with
-_LATER_OPTIONS = {"eot": None, "adv_eps": 0.0, "adv_steps": 0, "joint": False, "reinit_every": 0, "amp": "none",
+_LATER_OPTIONS = {"eot": None, "adv_eps": 0.0, "adv_steps": 0, "task_balance": "sum", "joint": False, "reinit_every": 0, "amp": "none",
                   "channels_last": False}
 
 
@@ -221,10 +224,11 @@ class _Views:
             return self.eot(xp, rng)
         return differentiable_augment(xp, rng) if self.augment else xp
 
-    def adversarial(self, models: Sequence[nn.Module], xv: torch.Tensor, targets, loss_name: str = "em") -> torch.Tensor:
-        """``xv`` plus the (detached) PGD perturbation within ``adv_eps`` maximizing ``loss_name`` over the
-        surrogates: the loss the generator minimizes (``L_b``: EM, or TAP's targeted loss) for the generator's
-        step, the EM loss for an EM surrogate's own PGD-AT step."""
+    def adversarial(self, models: Sequence[nn.Module], xv: torch.Tensor, targets, loss_name: str = "em",
+                    balance: str = "sum") -> torch.Tensor:
+        """``xv`` plus the (detached) PGD perturbation within ``adv_eps`` maximizing ``loss_name`` (tasks combined
+        by ``balance``) over the surrogates: the loss the generator minimizes (``L_b``: EM, or TAP's targeted
+        loss) for the generator's step, the EM loss for an EM surrogate's own PGD-AT step."""
         cfg = self.cfg
         if cfg.adv_steps <= 0:
             return xv
@@ -233,7 +237,7 @@ class _Views:
         delta = torch.empty_like(base).uniform_(-cfg.adv_eps, cfg.adv_eps)
         for _ in range(cfg.adv_steps):
             delta.requires_grad_(True)
-            loss = base_loss(loss_name, models, self.tasks, (base + delta).clamp(0, 1), targets)
+            loss = base_loss(loss_name, models, self.tasks, (base + delta).clamp(0, 1), targets, balance=balance)
             (grad,) = torch.autograd.grad(loss, delta)
             delta = (delta.detach() + step * grad.sign()).clamp(-cfg.adv_eps, cfg.adv_eps)
         return (xv + delta.detach()).clamp(0, 1)
@@ -305,8 +309,8 @@ class _Alg1:
                 xp = protect_batch(gen, self.nhwc(x.to(self.device)), targets)
             xv = self.views(xp.float(), rng)  # the victim pipeline (JPEG, resizing) stays float32
             with self.autocast():
-                xv = self.views.adversarial(self.models, self.nhwc(xv), targets, cfg.base)
-                lb = base_loss(cfg.base, self.models, gen.tasks, xv, targets).float()
+                xv = self.views.adversarial(self.models, self.nhwc(xv), targets, cfg.base, cfg.task_balance)
+                lb = base_loss(cfg.base, self.models, gen.tasks, xv, targets, balance=cfg.task_balance).float()
             loss, li, lj = lb, torch.zeros(()), torch.zeros(())
             if self.use_er:
                 embs = gen.task_embeddings()
