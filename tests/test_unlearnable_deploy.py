@@ -197,11 +197,13 @@ def test_deploy_fits_a_robust_row_then_reuses_it(utkface_root, tmp_path, capsys)
         main(changed)
     # a folder recorded before an option existed still resumes while that option is off, not once it is on
     recorded = json.loads((gdir / "fit_options.json").read_text())
-    del recorded["fit"]["surrogate_adv_mix"]
+    del recorded["fit"]["surrogate_adv_mix"], recorded["fit"]["task_balance"]  # "sum": off, but not falsy
     (gdir / "fit_options.json").write_text(json.dumps(recorded))
     assert main(argv) == 0
     with pytest.raises(SystemExit, match="surrogate_adv_mix"):
         main(argv + ["--surrogate-adv-mix", "--surrogate-adv-eps", "4"])
+    with pytest.raises(SystemExit, match="task_balance"):
+        main(argv + ["--task-balance", "log"])
 
 
 def test_pattern_rows_are_made_at_the_native_size_with_its_l2_budget(utkface_root, tmp_path):
