@@ -303,9 +303,10 @@ def test_surrogate_at_its_own_resolution_sees_every_input_resized(native_utk, tm
         ref.load_state_dict(torch.load(tmp_path / f, weights_only=True)["snapshots"][-1])  # plain names
 
 
-def test_log_task_balance_divides_each_task_gradient_by_its_loss(tiny_utk):
+def test_task_balances_weight_each_task_gradient_by_its_loss(tiny_utk):
     """``balance="log"``: L_b = sum_k log L_k with L_k the ensemble's mean task loss, so its gradient is
-    sum_k grad L_k / L_k (GB-MTA Eq. 8-9); ``"sum"`` is TAP's loss as before; unknown names are refused."""
+    sum_k grad L_k / L_k (GB-MTA Eq. 8-9); ``"lagging"``: sum_k (L_k / mean L) grad L_k; ``"sum"`` is TAP's loss
+    as before; unknown names are refused."""
     from mtlguard.unlearnable.base_losses import base_loss, task_terms
 
     torch.manual_seed(0)
@@ -323,6 +324,12 @@ def test_log_task_balance_divides_each_task_gradient_by_its_loss(tiny_utk):
     assert torch.allclose(g_log, want, rtol=1e-4, atol=1e-7)
     (g_sum,) = torch.autograd.grad(base_loss("tap", models, tasks, x, y), x)
     assert not torch.allclose(g_sum, g_log)
+    # "lagging": weights L_k / mean_j L_j (detached): the task furthest from its target leads
+    (g_lag,) = torch.autograd.grad(base_loss("tap", models, tasks, x, y, balance="lagging"), x)
+    losses = [(per_model[0][k][0] + per_model[1][k][0]) / 2 for k in range(len(tasks))]
+    mean = sum(float(lk.detach()) for lk in losses) / len(losses)
+    want = sum(torch.autograd.grad(lk, x, retain_graph=True)[0] * (float(lk.detach()) / mean) for lk in losses)
+    assert torch.allclose(g_lag, want, rtol=1e-4, atol=1e-7)
     ref = sum(tap_loss(tasks, m(x), y) for m in models) / 2
     assert torch.allclose(base_loss("tap", models, tasks, x, y, balance="sum"), ref)
     with pytest.raises(ValueError, match="task balance"):

@@ -176,9 +176,10 @@ def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
                    help="REM-style adversarial views: L-inf radius in 1/255 units (0 = off) (default: %(default)s)")
     p.add_argument("--adv-steps", type=int, default=0,
                    help="PGD steps of the adversarial views (default: %(default)s)")
-    p.add_argument("--task-balance", choices=["sum", "log"], default="sum",
-                   help="how L_b combines the tasks: sum (Alg. 1) or log (sum of log L_k: each task's gradient "
-                        "divided by its loss, GB-MTA Eq. 8-9 / MTA's log-loss balancing) (default: %(default)s)")
+    p.add_argument("--task-balance", choices=["sum", "log", "lagging"], default="sum",
+                   help="how L_b combines the tasks: sum (Alg. 1); log (sum of log L_k, GB-MTA Eq. 8-9 as written: "
+                        "favours the task closest to its target); lagging (each L_k weighted by its detached value: "
+                        "the task furthest from its target leads) (default: %(default)s)")
     p.add_argument("--joint", action="store_true",
                    help="EM: surrogates step on every generator batch (joint EM; see mtlguard.unlearnable.fitting)")
     p.add_argument("--amp", choices=["none", "bf16"], default="none",

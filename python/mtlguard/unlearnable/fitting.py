@@ -99,7 +99,7 @@ class FitConfig:
     eot: EOTConfig | None = None    # robust fitting: random victim pipelines (module notes)
     adv_eps: float = 0.0            # REM-style adversarial views (L-inf radius, [0, 1] units); 0 = off
     adv_steps: int = 0
-    task_balance: str = "sum"       # how L_b combines the tasks: "sum" (Alg. 1) or "log" (GB-MTA / MTA balancing)
+    task_balance: str = "sum"       # how L_b combines the tasks: "sum" (Alg. 1), "log" or "lagging" (base_losses)
     joint: bool = False             # EM: the surrogates also step on every generator batch (module notes)
     reinit_every: int = 0           # EM: re-initialize the surrogates every N rounds (0 = never)
     amp: str = "none"               # "bf16": autocast convolutions to bfloat16 (speed; see bench/fit.py)
