@@ -201,11 +201,26 @@ def test_adversarial_surrogate_recipe(native_utk, tmp_path):
     assert cfg["extra"]["recipe"]["surrogate_adv_eps"] == pytest.approx(4 / 255)
 
 
+def _assert_fit_equals_fit_through(gen, ds, surrogate_files, out):
+    """``gen`` (a 1-round TAP recipe fit) equals fit_generator through the (arch, snapshot file) surrogates."""
+    from mtlguard.unlearnable.surrogate import build_surrogate
+
+    surs = []
+    for arch, f in surrogate_files:
+        s = build_surrogate(ds.tasks, 3, 24, arch)
+        s.load_state_dict(torch.load(f, weights_only=True)["snapshots"][-1])
+        surs.append(s)
+    torch.manual_seed(0)
+    ref = MTLUEGenerator(ds.tasks, image_size=(16, 16))
+    fit_generator(ref, ds, surs, _robust_cfg(base="tap", epochs=1), out_dir=out, progress=False)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, gen.state_dict()[k]), k
+
+
 def test_adversarial_surrogate_mix_fits_through_clean_and_robust_together(native_utk, tmp_path):
     """``surrogate_adv_mix``: L_b is the mean over the clean surrogate and its PGD-AT fine-tune, i.e. the fit
     equals fit_generator over [clean, robust] (same seeds, bit for bit); the surrogates are named in the config."""
     from mtlguard.unlearnable.recipes import GeneratorRecipe, fit_recipe
-    from mtlguard.unlearnable.surrogate import build_surrogate
 
     def recipe(**kw):
         return GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16, surrogate_archs=("small_cnn",),
@@ -216,16 +231,8 @@ def test_adversarial_surrogate_mix_fits_through_clean_and_robust_together(native
     assert cfg["extra"]["surrogates"] == ["small_cnn", "small_cnn (PGD-AT 4/255)"]
     assert cfg["extra"]["recipe"]["surrogate_adv_mix"] is True
 
-    surs = []
-    for name in ("clean_surrogate.pt", "robust_clean_surrogate.pt"):
-        s = build_surrogate(native_utk.tasks, 3, 24, "small_cnn")
-        s.load_state_dict(torch.load(tmp_path / "mix" / name, weights_only=True)["snapshots"][-1])
-        surs.append(s)
-    torch.manual_seed(0)
-    ref = MTLUEGenerator(native_utk.tasks, image_size=(16, 16))
-    fit_generator(ref, native_utk, surs, _robust_cfg(base="tap", epochs=1), out_dir=tmp_path / "ref", progress=False)
-    for k, v in ref.state_dict().items():
-        assert torch.equal(v, gen.state_dict()[k]), k
+    files = [tmp_path / "mix" / name for name in ("clean_surrogate.pt", "robust_clean_surrogate.pt")]
+    _assert_fit_equals_fit_through(gen, native_utk, [("small_cnn", f) for f in files], tmp_path / "ref")
 
     robust_only, _ = fit_recipe(recipe(), native_utk, tmp_path / "robust", progress=False)
     assert any(not torch.equal(v, robust_only.state_dict()[k]) for k, v in gen.state_dict().items())
@@ -238,7 +245,6 @@ def test_tap_recipe_over_architectures_fits_through_each_clean_surrogate(native_
     not retrained, when the fit resumes) and named in the config; the fit equals fit_generator over those
     models (L_b averaged), bit for bit."""
     from mtlguard.unlearnable.recipes import GeneratorRecipe, fit_recipe
-    from mtlguard.unlearnable.surrogate import build_surrogate
 
     archs = ("small_cnn", "mobilenet_v3_small")
     recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16, surrogate_archs=archs,
@@ -249,16 +255,7 @@ def test_tap_recipe_over_architectures_fits_through_each_clean_surrogate(native_
     assert cfg["extra"]["surrogates"] == list(archs)
     assert cfg["extra"]["recipe"]["surrogate_archs"] == list(archs)
 
-    surs = []
-    for arch, f in zip(archs, files):
-        s = build_surrogate(native_utk.tasks, 3, 24, arch)
-        s.load_state_dict(torch.load(f, weights_only=True)["snapshots"][-1])
-        surs.append(s)
-    torch.manual_seed(0)
-    ref = MTLUEGenerator(native_utk.tasks, image_size=(16, 16))
-    fit_generator(ref, native_utk, surs, _robust_cfg(base="tap", epochs=1), out_dir=tmp_path / "ref", progress=False)
-    for k, v in ref.state_dict().items():
-        assert torch.equal(v, gen.state_dict()[k]), k
+    _assert_fit_equals_fit_through(gen, native_utk, list(zip(archs, files)), tmp_path / "ref")
 
     stamps = [f.stat().st_mtime_ns for f in files]
     longer = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=2), gen_size=16, surrogate_archs=archs,
@@ -284,6 +281,7 @@ def test_surrogate_at_its_own_resolution_sees_every_input_resized(native_utk, tm
     recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16,
                              surrogate_archs=("small_cnn@16", "small_cnn"), surrogate_epochs=1)
     sized, plain = _build_surrogates(recipe, native_utk.tasks, 3, 24)
+    assert not plain._forward_pre_hooks and len(sized._forward_pre_hooks) == 1  # only ARCH@SIZE is resized
     seen = []
     sized.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
     torch.manual_seed(0)

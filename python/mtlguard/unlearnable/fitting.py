@@ -40,7 +40,14 @@ Robust fitting (our extensions, each off by default so Alg. 1 as written stays a
   strongest standard-training protection so far (PR 1.40 / 1.24 / 2.12) and >= 0.91 behind JPEG-10, BDR-2,
   blur and mixup, but no gain against PGD-AT victims (race -0.10 vs 0.00) and grayscale age 0.12.
 * **Several surrogates** (pass a list): ``L_b`` is their mean (SEP-style over architectures); EM trains
-  each; TAP takes the mean of the targeted losses of the clean-trained models.
+  each; TAP takes the mean of the targeted losses of the clean-trained models.  With
+  :func:`mtlguard.unlearnable.recipes.fit_recipe`, ``ARCH@SIZE`` makes a member see every input resized to
+  ``SIZE`` (a multi-resolution ensemble).  Measured on top of adversarial views + the split delta
+  (``reports/protection_deploy_zoo_screen.md``, seed 0): adding a MobileNetV3-small member moved the zoo's
+  weakest cells a little (ResNet-18@64 age 0.73 -> 0.81, VGG-11@32 age 0.67 -> 0.72); ResNet-18 at 32 and
+  64 px fitted on 64-px images did not (0.71, 0.68) and lowered the 32-px row (0.87 / 0.87 / 0.97).
+* **Task balance** (``task_balance``; :mod:`mtlguard.unlearnable.base_losses`): ``"log"`` (GB-MTA's formula
+  as written) or ``"lagging"`` instead of the paper's sum.
 * **Speed** (``amp="bf16"``, ``channels_last``): convolutions autocast to bfloat16 (image arithmetic, the
   clip and the losses stay float32) and NHWC tensors; ``bench/fit.py`` measures the ratio per round.
 * **Joint EM** (``joint``): with EM, the surrogates take an optimizer step on every generator batch, on
