@@ -9,7 +9,8 @@ from pathlib import Path
 
 #: the options a fitted row's generator depends on (recorded in its folder under generators/, which refuses others)
 FIT_OPTIONS = ("gen_size", "delta_channels", "emb_tile", "eot", "eot_sizes", "eot_crop_scale", "eot_defenses",
-               "adv_eps", "adv_steps", "task_balance", "joint", "reinit_every", "gen_epochs", "gen_batch_size", "gen_train_steps",
+               "adv_eps", "adv_steps", "task_balance", "joint", "reinit_every", "gen_epochs", "gen_batch_size",
+               "gen_train_steps",
                "gen_delta_units", "arch", "surrogate_epochs", "surrogate_archs", "amp", "channels_last",
                "surrogate_adv_eps", "surrogate_adv_epochs", "surrogate_adv_mix")
 
@@ -54,8 +55,9 @@ def fit_recipe_for(args, train_set, work: Path):
             return onnx
         cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
                         train_steps=args.gen_train_steps, seed=args.seed, eot=eot_config(args),
-                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, task_balance=args.task_balance, joint=args.joint,
-                        reinit_every=args.reinit_every, amp=args.amp, channels_last=args.channels_last)
+                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, task_balance=args.task_balance,
+                        joint=args.joint, reinit_every=args.reinit_every, amp=args.amp,
+                        channels_last=args.channels_last)
         recipe = GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=args.eps / 255, delta_units=args.gen_delta_units,
                                  delta_channels=args.delta_channels, emb_tile=args.emb_tile,
                                  surrogate_archs=_surrogate_archs(args), surrogate_epochs=args.surrogate_epochs,
@@ -121,7 +123,8 @@ def _check_work(work: Path, fingerprint: dict, name: str = "deploy_config.json")
         old, new = _flat(recorded), _flat(fingerprint)
         # an option recorded before it existed (absent from ``old``) matches its off value (False / 0 / None, or
         # the value in _OFF_VALUES)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not (k not in old and _off(k, new[k])))
+        diff = sorted(k for k in set(old) | set(new)
+                      if old.get(k) != new.get(k) and not (k not in old and _off(k, new[k])))
         if diff:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
             raise SystemExit(f"evaluate-protection: work folder {work} holds results made with other settings "

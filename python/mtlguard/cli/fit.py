@@ -49,8 +49,8 @@ def recipe_from_args(args, eps: float):
         cfg = FitConfig(base=args.base, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         lambda_intra=args.lambda_intra, lambda_inter=args.lambda_inter, train_steps=args.train_steps,
                         stop_acc=args.stop_acc, seed=args.seed, eot=eot_config(args), adv_eps=args.adv_eps / 255,
-                        adv_steps=args.adv_steps, task_balance=args.task_balance, joint=args.joint, reinit_every=args.reinit_every,
-                        amp=args.amp, channels_last=args.channels_last)
+                        adv_steps=args.adv_steps, task_balance=args.task_balance, joint=args.joint,
+                        reinit_every=args.reinit_every, amp=args.amp, channels_last=args.channels_last)
         archs = tuple(a.strip() for a in args.surrogate_arch.split(",") if a.strip())
         return GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=eps, delta_units=args.delta_units,
                                delta_channels=args.delta_channels, emb_tile=args.emb_tile, large_stem=args.large_stem,

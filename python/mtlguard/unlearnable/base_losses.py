@@ -33,7 +33,7 @@ from ..data.tasks import TaskSpec
 from ..models.losses import task_loss
 
 BASE_LOSSES = ("em", "tap", "sep")
-#: how the per-task terms of L_b are combined: the paper's sum, or GB-MTA / MTA log-loss balancing
+#: how the per-task terms of L_b are combined: the paper's sum, GB-MTA's log balance, or the lagging task first
 TASK_BALANCES = ("sum", "log", "lagging")
 
 

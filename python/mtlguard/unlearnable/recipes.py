@@ -8,10 +8,12 @@ averaged), runs :func:`fit_generator` (resumable in ``out_dir``) and saves ``out
 with the recipe and the surrogates' names in its config's ``extra``.  A surrogate named ``ARCH@SIZE`` works at
 that input side (multi-resolution ensembles, e.g. ``resnet18@32,resnet18@64`` on 64 px training images): every
 input it gets, in its clean training and in the fit, is first resized to ``SIZE`` (antialiased, as a victim's
-loader does), so each member sees the views the way a victim of its resolution would.  Measured on the deployment protocol
-(reports/protection_deploy_defenses.md), neither adversarial option beat the plain clean surrogate; how long
-that surrogate is trained mattered most: 20 clean epochs instead of 6 (the bundled default's one change) took
-standard-training PR from 0.80 to 1.15 (worst task, seed 0) but PGD-AT race from 0.20 to 0.00.
+loader does), so each member sees the views the way a victim of its resolution would.
+
+Measured on the deployment protocol (reports/protection_deploy_defenses.md), neither adversarial option beat the
+plain clean surrogate; how long that surrogate is trained mattered most: 20 clean epochs instead of 6 (the bundled
+default's one change) took standard-training PR from 0.80 to 1.15 (worst task, seed 0) but PGD-AT race from 0.20
+to 0.00.  Ensembles over architectures and resolutions are measured in fitting's module notes.
 """
 from __future__ import annotations
 
