@@ -272,10 +272,10 @@ def test_surrogate_at_its_own_resolution_sees_every_input_resized(native_utk, tm
     from mtlguard.unlearnable.recipes import GeneratorRecipe, _build_surrogates, fit_recipe, surrogate_spec
     from mtlguard.unlearnable.surrogate import build_surrogate
 
-    assert surrogate_spec("resnet18@64") == ("resnet18", 64)
-    assert surrogate_spec("resnet18") == ("resnet18", None)
+    assert surrogate_spec("resnet18@64") == ("resnet18", 64, False)
+    assert surrogate_spec("resnet18") == ("resnet18", None, False)
     for bad in ("resnet18@x", "resnet18@4", "@32"):
-        with pytest.raises(ValueError, match="ARCH@SIZE"):
+        with pytest.raises(ValueError, match=r"ARCH\[@SIZE\]"):
             GeneratorRecipe(fit=_robust_cfg(base="tap"), surrogate_archs=("small_cnn", bad))
 
     recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16,
@@ -299,6 +299,47 @@ def test_surrogate_at_its_own_resolution_sees_every_input_resized(native_utk, tm
     assert cfg["extra"]["surrogates"] == ["small_cnn@16", "small_cnn"]
     for f in ("clean_surrogate.pt", "clean_surrogate_small_cnn.pt"):
         ref.load_state_dict(torch.load(tmp_path / f, weights_only=True)["snapshots"][-1])  # plain names
+
+
+def test_gray_surrogate_member_sees_every_input_in_grayscale(native_utk, tmp_path):
+    """``ARCH[@SIZE]:gray``: that member gets every input as BT.601 grayscale (then resized), in its clean training
+    and in the fit, so a colour change of equal luma does not move it; its snapshot file is named by the spec;
+    other suffixes and grayscale members on 1-channel data are refused with the spec named."""
+    from mtlguard.unlearnable.eot import LUMA, grayscale, resize
+    from mtlguard.unlearnable.recipes import GeneratorRecipe, _build_surrogates, fit_recipe, surrogate_spec
+    from mtlguard.unlearnable.surrogate import build_surrogate
+
+    assert surrogate_spec("resnet18:gray") == ("resnet18", None, True)
+    assert surrogate_spec("resnet18@64:gray") == ("resnet18", 64, True)
+    assert surrogate_spec("resnet18@64:gray").file_tag == "resnet18_64_gray"
+    for bad in ("resnet18:grey", "resnet18:uw", "resnet18@x:gray"):
+        with pytest.raises(ValueError, match=bad):
+            GeneratorRecipe(fit=_robust_cfg(base="tap"), surrogate_archs=("small_cnn", bad))
+
+    recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16,
+                             surrogate_archs=("small_cnn", "small_cnn@16:gray"), surrogate_epochs=1)
+    plain, gray = _build_surrogates(recipe, native_utk.tasks, 3, 24)
+    assert not plain._forward_pre_hooks and len(gray._forward_pre_hooks) == 1
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 24, 24) * 0.8 + 0.1
+    ref = build_surrogate(native_utk.tasks, 3, 16, "small_cnn")
+    ref.load_state_dict(gray.state_dict())
+    chroma = torch.tensor([LUMA[1], -LUMA[0], 0.0]).view(1, 3, 1, 1) * 0.1  # BT.601 luma of this shift is 0
+    with torch.no_grad():
+        out, want = gray.eval()(x), ref.eval()(resize(grayscale(x), (16, 16)))
+        shifted, colour = gray(x + chroma), ref(resize(x + chroma, (16, 16)))
+    for t in native_utk.tasks:
+        assert torch.equal(out[t.name], want[t.name])
+        assert torch.allclose(shifted[t.name], out[t.name], atol=1e-5)   # the gray member is blind to chroma
+        assert not torch.allclose(colour[t.name], want[t.name], atol=1e-5)  # a colour model is not
+    with pytest.raises(ValueError, match="small_cnn:gray needs colour images"):
+        _build_surrogates(recipe, native_utk.tasks, 1, 24)
+
+    fit_recipe(recipe, native_utk, tmp_path, progress=False)
+    cfg = json.loads((tmp_path / "generator.json").read_text())
+    assert cfg["extra"]["surrogates"] == ["small_cnn", "small_cnn@16:gray"]
+    ref.load_state_dict(torch.load(tmp_path / "clean_surrogate_small_cnn_16_gray.pt",
+                                   weights_only=True)["snapshots"][-1])
 
 
 def test_task_balances_weight_each_task_gradient_by_its_loss(tiny_utk):

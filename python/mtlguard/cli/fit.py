@@ -29,7 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--surrogate-arch", default="resnet18",
                    help="surrogate architecture, or a comma list = an ensemble (TAP: clean surrogates, L_b averaged; "
                         "EM: trained together; SEP: one architecture); ARCH@SIZE: that surrogate sees every input "
-                        "resized to SIZE (multi-resolution ensembles) (default: %(default)s)")
+                        "resized to SIZE (multi-resolution ensembles); ARCH:gray: it sees every input in "
+                        "grayscale, as an ISS-grayscale victim does (default: %(default)s)")
     p.add_argument("--surrogate-epochs", type=int, default=60, help="TAP/SEP: clean surrogate training epochs")
     p.add_argument("--sep-checkpoints", type=int, default=15)
     p.add_argument("--large-stem", action="store_true", help="7x7/2 + maxpool encoder stem (large images)")

@@ -42,7 +42,7 @@ Robust fitting (our extensions, each off by default so Alg. 1 as written stays a
 * **Several surrogates** (pass a list): ``L_b`` is their mean (SEP-style over architectures); EM trains
   each; TAP takes the mean of the targeted losses of the clean-trained models.  With
   :func:`mtlguard.unlearnable.recipes.fit_recipe`, ``ARCH@SIZE`` makes a member see every input resized to
-  ``SIZE`` (a multi-resolution ensemble).  Measured on top of adversarial views + the split delta
+  ``SIZE`` (a multi-resolution ensemble), ``ARCH:gray`` in grayscale (a grayscale-trained member).  Measured on top of adversarial views + the split delta
   (``reports/protection_deploy_zoo_screen.md``, seed 0): adding a MobileNetV3-small member moved the zoo's
   weakest cells a little (ResNet-18@64 age 0.73 -> 0.81, VGG-11@32 age 0.67 -> 0.72), a ResNet-50 member did
   not (0.71, 0.54); ResNet-18 at 32 and 64 px fitted on 64-px images did not either (0.71, 0.68) and lowered

@@ -8,7 +8,10 @@ averaged), runs :func:`fit_generator` (resumable in ``out_dir``) and saves ``out
 with the recipe and the surrogates' names in its config's ``extra``.  A surrogate named ``ARCH@SIZE`` works at
 that input side (multi-resolution ensembles, e.g. ``resnet18@32,resnet18@64`` on 64 px training images): every
 input it gets, in its clean training and in the fit, is first resized to ``SIZE`` (antialiased, as a victim's
-loader does), so each member sees the views the way a victim of its resolution would.
+loader does), so each member sees the views the way a victim of its resolution would.  ``ARCH:gray`` (or
+``ARCH@SIZE:gray``) converts every input to BT.601 grayscale first, as an ISS-grayscale victim's files are:
+its clean training learns grayscale features, and L_b through it rewards a perturbation whose luma alone is
+a shortcut.
 
 Measured on the deployment protocol (reports/protection_deploy_defenses.md), neither adversarial option beat the
 plain clean surrogate; how long that surrogate is trained mattered most: 20 clean epochs instead of 6 (the bundled
@@ -21,12 +24,12 @@ import copy
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 from ..atomic import atomic_write
-from .eot import VictimView, resize
+from .eot import VictimView, grayscale, resize
 from .fitting import FitConfig, FitResult, fit_generator
 from .generator import MTLUEGenerator
 from .surrogate import build_surrogate, train_clean_surrogate
@@ -58,7 +61,7 @@ class GeneratorRecipe:
         if len(self.surrogate_archs) > 1 and self.fit.base == "sep":
             raise ValueError("GeneratorRecipe: SEP's checkpoint ensemble uses one surrogate architecture")
         for spec in self.surrogate_archs:
-            surrogate_spec(spec)  # a malformed ARCH@SIZE fails here, before anything is trained
+            surrogate_spec(spec)  # a malformed ARCH@SIZE:gray fails here, before anything is trained
         if self.surrogate_adv_mix and not (self.surrogate_adv_eps > 0 and self.fit.base == "tap"):
             raise ValueError("GeneratorRecipe: surrogate_adv_mix needs base 'tap' and surrogate_adv_eps > 0")
 
@@ -69,29 +72,53 @@ class GeneratorRecipe:
         return d
 
 
-def surrogate_spec(spec: str) -> tuple[str, int | None]:
-    """``"resnet18@64"`` -> ``("resnet18", 64)``; ``"resnet18"`` (or an ``ARCH/MTL`` spec) -> ``(spec, None)``."""
-    arch, at, size = spec.rpartition("@")
-    if not at or "/" in spec:
-        return spec, None
+class SurrogateSpec(NamedTuple):
+    """One ``--surrogate-arch`` member: ``ARCH[@SIZE][:gray]``."""
+
+    arch: str
+    size: int | None = None   # every input resized to size x size first (None: the views' own size)
+    gray: bool = False        # every input converted to BT.601 grayscale first (an ISS-grayscale victim's view)
+
+    @property
+    def file_tag(self) -> str:
+        """The spec as a file-name part (``resnet18@64:gray`` -> ``resnet18_64_gray``)."""
+        return "_".join([self.arch.replace("/", "_")] + ([str(self.size)] if self.size else [])
+                        + (["gray"] if self.gray else []))
+
+
+def surrogate_spec(spec: str) -> SurrogateSpec:
+    """``"resnet18@64"`` -> ``SurrogateSpec("resnet18", 64)``; ``"resnet18:gray"`` -> ``("resnet18", None,
+    True)``; ``"resnet18"`` (or an ``ARCH/MTL`` spec) -> ``(spec, None, False)``."""
+    base, colon, view = spec.partition(":")
+    if colon and view != "gray":
+        raise ValueError(f"surrogate {spec!r}: expected ARCH[@SIZE][:gray] (the only view suffix is ':gray')")
+    arch, at, size = base.rpartition("@")
+    if not at or "/" in base:
+        return SurrogateSpec(base, None, bool(colon))
     if not size.isdigit() or int(size) < 8 or not arch:
-        raise ValueError(f"surrogate {spec!r}: expected ARCH or ARCH@SIZE with SIZE a side >= 8 pixels")
-    return arch, int(size)
+        raise ValueError(f"surrogate {spec!r}: expected ARCH[@SIZE][:gray] with SIZE a side >= 8 pixels")
+    return SurrogateSpec(arch, int(size), bool(colon))
 
 
-def _resized_input(model: torch.nn.Module, size: int) -> torch.nn.Module:
-    """``model`` with every input resized to ``size x size`` first (a forward pre-hook: the weights' names,
-    and so the saved snapshots, stay those of ``model``)."""
-    model.register_forward_pre_hook(lambda _m, args: (resize(args[0], (size, size)), *args[1:]))
+def _input_view(model: torch.nn.Module, spec: SurrogateSpec) -> torch.nn.Module:
+    """``model`` with every input converted to grayscale (``spec.gray``) and then resized to ``spec.size``
+    (a forward pre-hook, in the order of an ISS-grayscale victim: the file is gray, its loader resizes; the
+    weights' names, and so the saved snapshots, stay those of ``model``)."""
+    def view(_m, args):
+        x = grayscale(args[0]) if spec.gray else args[0]
+        return (resize(x, (spec.size, spec.size)) if spec.size else x, *args[1:])
+
+    if spec.size or spec.gray:
+        model.register_forward_pre_hook(view)
     return model
 
 
 def _build_surrogates(recipe: GeneratorRecipe, tasks, channels: int, view_size: int) -> list[torch.nn.Module]:
     out = []
-    for spec in recipe.surrogate_archs:
-        arch, size = surrogate_spec(spec)
-        model = build_surrogate(tasks, channels, size or view_size, arch)
-        out.append(_resized_input(model, size) if size else model)
+    for member in map(surrogate_spec, recipe.surrogate_archs):
+        if member.gray and channels != 3:
+            raise ValueError(f"surrogate {member.arch}:gray needs colour images (3 channels), got {channels}")
+        out.append(_input_view(build_surrogate(tasks, channels, member.size or view_size, member.arch), member))
     return out
 
 
@@ -146,7 +173,7 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
     names, snaps, robust, robust_names = list(recipe.surrogate_archs), None, [], []
     if recipe.fit.base != "em":  # clean-trained, frozen surrogates (TAP: one per architecture)
         for i, (arch, sur) in enumerate(zip(recipe.surrogate_archs, surs)):
-            name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{arch.replace('@', '_')}.pt"
+            name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{surrogate_spec(arch).file_tag}.pt"
             arch_snaps = _clean_snapshots(recipe, sur, train_set, out, device, progress, name)
             if recipe.surrogate_adv_eps > 0:
                 sur.load_state_dict(arch_snaps[-1])  # the PGD-AT fine-tune starts from the clean model
