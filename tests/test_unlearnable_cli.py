@@ -67,3 +67,24 @@ def test_iss_defenses_and_protected_dataset():
     ds = ProtectedDataset(Src(), bdr)
     x, y = ds[2]
     assert torch.allclose(x, torch.from_numpy(bdr[2]).permute(2, 0, 1).float() / 255) and int(y["y"]) == 2
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate-protection"])
+def test_robust_fit_options_default_to_the_values_older_fits_were_made_with(command, tmp_path):
+    """The command line spells each later-added fit option's default once more (it must parse without torch);
+    unset, every one must equal the :class:`FitConfig` default that resumed fit states and deploy work folders
+    recorded before the option existed are matched against (``fitting._LATER_OPTIONS``, ``deploy_protocol._off``)."""
+    from mtlguard.cli.deploy_protocol import _off
+    from mtlguard.cli.fit import recipe_from_args
+    from mtlguard.cli.main import build_parser
+    from mtlguard.unlearnable.fitting import _LATER_OPTIONS
+
+    argv = [command, "--data", "synthetic", "--out", str(tmp_path)]
+    args = build_parser(argv).parse_args(argv)
+    if command == "fit":
+        cfg = recipe_from_args(args, 8 / 255).fit.to_dict()
+        assert {k: cfg[k] for k in _LATER_OPTIONS} == _LATER_OPTIONS
+    for k in _LATER_OPTIONS:
+        if hasattr(args, k):
+            assert _off(f"fit.{k}", getattr(args, k)), (k, getattr(args, k))
+    assert not _off("fit.task_balance", "log")

@@ -104,12 +104,16 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-#: options whose "off" value (what folders recorded before the option existed were made with) is not falsy
-_OFF_VALUES = {"task_balance": "sum"}
-
-
 def _off(key: str, value) -> bool:
-    return not value or _OFF_VALUES.get(key.rsplit(".", 1)[-1]) == value
+    """Whether ``value`` is option ``key``'s "off" value, what folders recorded before the option existed were
+    made with: falsy, ``"none"`` (``--eot none``), or the default of the
+    :class:`~mtlguard.unlearnable.fitting.FitConfig` field of that name (e.g. ``task_balance="sum"``)."""
+    from dataclasses import fields
+
+    from ..unlearnable.fitting import FitConfig
+
+    name = key.rsplit(".", 1)[-1]
+    return not value or value == "none" or any(f.name == name and f.default == value for f in fields(FitConfig))
 
 
 def _check_work(work: Path, fingerprint: dict, name: str = "deploy_config.json") -> None:
@@ -121,8 +125,7 @@ def _check_work(work: Path, fingerprint: dict, name: str = "deploy_config.json")
     if path.is_file():
         recorded = json.loads(path.read_text())
         old, new = _flat(recorded), _flat(fingerprint)
-        # an option recorded before it existed (absent from ``old``) matches its off value (False / 0 / None, or
-        # the value in _OFF_VALUES)
+        # an option recorded before it existed (absent from ``old``) matches its off value (see _off)
         diff = sorted(k for k in set(old) | set(new)
                       if old.get(k) != new.get(k) and not (k not in old and _off(k, new[k])))
         if diff:

@@ -72,7 +72,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -137,9 +137,10 @@ class FitConfig:
         return d
 
 
-#: options added after fit states were first saved, with the value those states were made with
-_LATER_OPTIONS = {"eot": None, "adv_eps": 0.0, "adv_steps": 0, "task_balance": "sum", "joint": False, "reinit_every": 0,
-                  "amp": "none", "channels_last": False}
+#: options added after fit states were first saved: those states were made with each option's default (off)
+_LATER_OPTIONS = {f.name: f.default for f in fields(FitConfig)
+                  if f.name in ("eot", "adv_eps", "adv_steps", "task_balance", "joint", "reinit_every", "amp",
+                                "channels_last")}
 
 
 @dataclass
