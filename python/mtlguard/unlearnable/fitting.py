@@ -46,7 +46,9 @@ Robust fitting (our extensions, each off by default so Alg. 1 as written stays a
   (``reports/protection_deploy_zoo_screen.md``, seed 0): adding a MobileNetV3-small member moved the zoo's
   weakest cells a little (ResNet-18@64 age 0.73 -> 0.81, VGG-11@32 age 0.67 -> 0.72), a ResNet-50 member did
   not (0.71, 0.54); ResNet-18 at 32 and 64 px fitted on 64-px images did not either (0.71, 0.68) and lowered
-  the 32-px row (0.87 / 0.87 / 0.97).
+  the 32-px row (0.87 / 0.87 / 0.97).  A grayscale member on the bundled default's recipe
+  (``resnet18,resnet18:gray``) doubled grayscale PR (0.24 / 0.23 / 0.33 -> 0.49 / 0.46 / 0.47) at the same
+  ResNet-18@32 standard cell but cost age on those two victims (1.09 / 1.03 -> 0.73 / 0.78).
 * **Task balance** (``task_balance``; :mod:`mtlguard.unlearnable.base_losses`): ``"log"`` (GB-MTA's formula
   as written) or ``"lagging"`` instead of the paper's sum.  Measured on the same screen: both move protection
   between tasks without adding to it (ResNet-18@64: log age 0.35, lagging age 1.18 but gender 0.49).
