@@ -327,12 +327,13 @@ def test_gray_surrogate_member_sees_every_input_in_grayscale(native_utk, tmp_pat
     chroma = torch.tensor([LUMA[1], -LUMA[0], 0.0]).view(1, 3, 1, 1) * 0.1  # BT.601 luma of this shift is 0
     with torch.no_grad():
         out, want = gray.eval()(x), ref.eval()(resize(grayscale(x), (16, 16)))
-        shifted, colour = gray(x + chroma), ref(resize(x + chroma, (16, 16)))
+        shifted = gray(x + chroma)
+        colour, colour_shifted = ref(resize(x, (16, 16))), ref(resize(x + chroma, (16, 16)))
     for t in native_utk.tasks:
         assert torch.equal(out[t.name], want[t.name])
         assert torch.allclose(shifted[t.name], out[t.name], atol=1e-5)   # the gray member is blind to chroma
-        assert not torch.allclose(colour[t.name], want[t.name], atol=1e-5)  # a colour model is not
-    with pytest.raises(ValueError, match="small_cnn:gray needs colour images"):
+        assert not torch.allclose(colour_shifted[t.name], colour[t.name], atol=1e-5)  # the same model on colour is not
+    with pytest.raises(ValueError, match="'small_cnn@16:gray' needs colour images"):
         _build_surrogates(recipe, native_utk.tasks, 1, 24)
 
     fit_recipe(recipe, native_utk, tmp_path, progress=False)

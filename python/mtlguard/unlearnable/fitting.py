@@ -42,12 +42,12 @@ Robust fitting (our extensions, each off by default so Alg. 1 as written stays a
 * **Several surrogates** (pass a list): ``L_b`` is their mean (SEP-style over architectures); EM trains
   each; TAP takes the mean of the targeted losses of the clean-trained models.  With
   :func:`mtlguard.unlearnable.recipes.fit_recipe`, ``ARCH@SIZE`` makes a member see every input resized to
-  ``SIZE`` (a multi-resolution ensemble), ``ARCH:gray`` in grayscale (a grayscale-trained member).  Measured on top of adversarial views + the split delta
-  (``reports/protection_deploy_zoo_screen.md``, seed 0): adding a MobileNetV3-small member moved the zoo's
-  weakest cells a little (ResNet-18@64 age 0.73 -> 0.81, VGG-11@32 age 0.67 -> 0.72), a ResNet-50 member did
-  not (0.71, 0.54); ResNet-18 at 32 and 64 px fitted on 64-px images did not either (0.71, 0.68) and lowered
-  the 32-px row (0.87 / 0.87 / 0.97).  A grayscale member on the bundled default's recipe
-  (``resnet18,resnet18:gray``) doubled grayscale PR (0.24 / 0.23 / 0.33 -> 0.49 / 0.46 / 0.47) at the same
+  ``SIZE`` (a multi-resolution ensemble), ``ARCH:gray`` in grayscale (a grayscale-trained member).  Measured
+  on top of adversarial views + the split delta (``reports/protection_deploy_zoo_screen.md``, seed 0): adding
+  a MobileNetV3-small member moved the zoo's weakest cells a little (ResNet-18@64 age 0.73 -> 0.81, VGG-11@32
+  age 0.67 -> 0.72), a ResNet-50 member did not (0.71, 0.54); ResNet-18 at 32 and 64 px fitted on 64-px
+  images did not either (0.71, 0.68) and lowered the 32-px row (0.87 / 0.87 / 0.97).  A grayscale member on
+  the bundled default's recipe (``resnet18,resnet18:gray``) doubled grayscale PR (0.24 / 0.23 / 0.33 -> 0.49 / 0.46 / 0.47) at the same
   ResNet-18@32 standard cell but cost age on those two victims (1.09 / 1.03 -> 0.73 / 0.78).
 * **Task balance** (``task_balance``; :mod:`mtlguard.unlearnable.base_losses`): ``"log"`` (GB-MTA's formula
   as written) or ``"lagging"`` instead of the paper's sum.  Measured on the same screen: both move protection

@@ -115,9 +115,10 @@ def _input_view(model: torch.nn.Module, spec: SurrogateSpec) -> torch.nn.Module:
 
 def _build_surrogates(recipe: GeneratorRecipe, tasks, channels: int, view_size: int) -> list[torch.nn.Module]:
     out = []
-    for member in map(surrogate_spec, recipe.surrogate_archs):
+    for spec in recipe.surrogate_archs:
+        member = surrogate_spec(spec)
         if member.gray and channels != 3:
-            raise ValueError(f"surrogate {member.arch}:gray needs colour images (3 channels), got {channels}")
+            raise ValueError(f"surrogate {spec!r} needs colour images (3 channels), got {channels}")
         out.append(_input_view(build_surrogate(tasks, channels, member.size or view_size, member.arch), member))
     return out
 
