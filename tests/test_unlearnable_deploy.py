@@ -185,6 +185,10 @@ def test_deploy_fits_a_robust_row_then_reuses_it(utkface_root, tmp_path, capsys)
             "--defenses", "standard", "--jpeg-victims=", "--victim-epochs", "1", "--victim-batch-size", "8",
             "--average-last", "1", "--out", str(tmp_path / "rep"), "--prefix", "fit", "--work",
             str(tmp_path / "work"), "--no-progress"]
+    # a malformed surrogate spec is refused before the work folder records it (which would refuse the fixed command)
+    with pytest.raises(ValueError, match="'small_cnn:grey'"):
+        main(argv + ["--surrogate-archs", "small_cnn:grey"])
+    assert not (tmp_path / "work").exists()
     assert main(argv) == 0
     gdir = tmp_path / "work" / "generators" / "mtl-ue-tap"
     cfg = json.loads((gdir / "generator.json").read_text())

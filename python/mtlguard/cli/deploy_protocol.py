@@ -42,29 +42,34 @@ def _surrogate_archs(args) -> tuple[str, ...]:
     return tuple(_split(args.surrogate_archs)) or (args.arch,)
 
 
-def fit_recipe_for(args, train_set, work: Path):
-    """``method -> ONNX path``: fit ``mtl-ue-<base>`` with the robust-fitting options (cached), export it."""
+def generator_recipe(args, method: str):
+    """The :class:`GeneratorRecipe` of fitted row ``method`` (``mtl-ue-<base>``) from the robust-fitting options;
+    a bad option raises ``ValueError`` (one line, exit 2) before anything is read or written."""
     from ..unlearnable.cli_common import eot_config
     from ..unlearnable.fitting import FitConfig
-    from ..unlearnable.recipes import GeneratorRecipe, fit_recipe
+    from ..unlearnable.recipes import GeneratorRecipe
+
+    cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
+                    train_steps=args.gen_train_steps, seed=args.seed, eot=eot_config(args),
+                    adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, task_balance=args.task_balance,
+                    joint=args.joint, reinit_every=args.reinit_every, amp=args.amp, channels_last=args.channels_last)
+    return GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=args.eps / 255, delta_units=args.gen_delta_units,
+                           delta_channels=args.delta_channels, emb_tile=args.emb_tile,
+                           surrogate_archs=_surrogate_archs(args), surrogate_epochs=args.surrogate_epochs,
+                           sep_checkpoints=args.sep_checkpoints, surrogate_adv_eps=args.surrogate_adv_eps / 255,
+                           surrogate_adv_epochs=args.surrogate_adv_epochs, surrogate_adv_mix=args.surrogate_adv_mix)
+
+
+def fit_recipe_for(args, recipes: dict, train_set, work: Path):
+    """``method -> ONNX path``: fit ``recipes[method]`` (cached in ``work/generators/method``), export it."""
+    from ..unlearnable.recipes import fit_recipe
 
     def fit(method: str) -> Path:
         out = work / "generators" / method
         onnx = out / "generator.onnx"
         if onnx.is_file():
             return onnx
-        cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
-                        train_steps=args.gen_train_steps, seed=args.seed, eot=eot_config(args),
-                        adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, task_balance=args.task_balance,
-                        joint=args.joint, reinit_every=args.reinit_every, amp=args.amp,
-                        channels_last=args.channels_last)
-        recipe = GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=args.eps / 255, delta_units=args.gen_delta_units,
-                                 delta_channels=args.delta_channels, emb_tile=args.emb_tile,
-                                 surrogate_archs=_surrogate_archs(args), surrogate_epochs=args.surrogate_epochs,
-                                 sep_checkpoints=args.sep_checkpoints, surrogate_adv_eps=args.surrogate_adv_eps / 255,
-                                 surrogate_adv_epochs=args.surrogate_adv_epochs,
-                                 surrogate_adv_mix=args.surrogate_adv_mix)
-        gen, _ = fit_recipe(recipe, train_set, out, device=args.device, progress=not args.no_progress)
+        gen, _ = fit_recipe(recipes[method], train_set, out, device=args.device, progress=not args.no_progress)
         from mtlguard.export import export_onnx
 
         export_onnx(gen, onnx)
@@ -143,7 +148,11 @@ def run_deploy(args) -> int:
     from ..unlearnable.deploy_report import write_deploy_report
     from ..unlearnable.evaluation import majority_rates
 
+    from ..unlearnable.deploy import FITTED
+
     cfg = deploy_config(args)
+    # a bad fit option is refused here, before a work folder records it (and then refuses the corrected command)
+    recipes = {m: generator_recipe(args, m) for m in cfg.methods if m in FITTED}
     out = Path(args.out)
     work = Path(args.work) if args.work else out / f"{args.prefix}_work"
     train_set = load_split(args, args.split, args.subset)
@@ -151,13 +160,12 @@ def run_deploy(args) -> int:
     fingerprint = {"recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed, "native_size": args.image_size,
                    "train": getattr(train_set, "_cache_name", None), "test": getattr(test_set, "_cache_name", None)}
     _check_work(work, fingerprint)
-    from ..unlearnable.deploy import FITTED
-
     # a fitted row's generator, protected set and victims were made with its fit options: refuse others
-    for method in (m for m in cfg.methods if m in FITTED):
+    for method in recipes:
         _check_work(work / "generators" / method, {"fit": {k: getattr(args, k) for k in FIT_OPTIONS}},
                     "fit_options.json")
-    protocol = DeployProtocol(train_set, test_set, cfg, work, fit_options=fit_recipe_for(args, train_set, work),
+    protocol = DeployProtocol(train_set, test_set, cfg, work,
+                              fit_options=fit_recipe_for(args, recipes, train_set, work),
                               in_memory=_in_memory_benchmark(args, cfg, work))
     deadline = time.time() + 60 * args.time_budget if args.time_budget else None
     protocol.run(max_jobs=args.max_jobs, deadline=deadline)

@@ -103,7 +103,8 @@ def add_parser(subparsers) -> None:
     add_robust_fit_args(g)
     g.add_argument("--surrogate-archs", default=None,
                    help="comma list of surrogate architectures for the fitted rows (TAP: an ensemble of clean "
-                        "surrogates; EM: trained together); default: --arch")
+                        "surrogates; EM: trained together), each ARCH[@SIZE][:gray] as in mtlguard fit; "
+                        "default: --arch")
     p.set_defaults(func=run)
 
 
