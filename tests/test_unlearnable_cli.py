@@ -69,6 +69,33 @@ def test_iss_defenses_and_protected_dataset():
     assert torch.allclose(x, torch.from_numpy(bdr[2]).permute(2, 0, 1).float() / 255) and int(y["y"]) == 2
 
 
+def test_fit_and_the_deploy_protocol_build_one_recipe_from_equivalent_options(tmp_path):
+    """``mtlguard fit`` and ``evaluate-protection --protocol deploy``'s fitted rows read the robust-fitting options
+    through one builder: the same choices, each command spelling its own, give equal recipes, and the deploy work
+    folder's fingerprint names every robust option (so a new one cannot be left out of it)."""
+    from mtlguard.cli.deploy_protocol import fit_options, generator_recipe
+    from mtlguard.cli.fit import recipe_from_args
+    from mtlguard.cli.main import build_parser
+    from mtlguard.cli.options import robust_fit_dests
+
+    robust = ["--eot", "victim", "--eot-sizes", "32,48", "--eot-defenses", "gray=0.5", "--adv-eps", "4",
+              "--adv-steps", "2", "--task-balance", "lagging", "--delta-channels", "split", "--amp", "bf16",
+              "--channels-last", "--surrogate-adv-eps", "2", "--surrogate-adv-mix", "--seed", "3",
+              "--surrogate-epochs", "7", "--eps", "6"]
+    fit_argv = ["fit", "--data", "synthetic", "--out", str(tmp_path / "f"), "--base", "tap", "--epochs", "5",
+                "--batch-size", "16", "--train-steps", "4", "--surrogate-arch", "resnet18,resnet18:gray", *robust]
+    deploy_argv = ["evaluate-protection", "--protocol", "deploy", "--data", "synthetic", "--out", str(tmp_path / "d"),
+                   "--gen-epochs", "5", "--gen-batch-size", "16", "--gen-train-steps", "4",
+                   "--surrogate-archs", "resnet18,resnet18:gray", *robust]
+    fit_args = build_parser(fit_argv).parse_args(fit_argv)
+    deploy_args = build_parser(deploy_argv).parse_args(deploy_argv)
+    from_fit = recipe_from_args(fit_args, fit_args.eps / 255).to_dict()
+    from_deploy = generator_recipe(deploy_args, "mtl-ue-tap").to_dict()
+    assert from_fit == from_deploy
+    assert from_fit["fit"]["task_balance"] == "lagging" and from_fit["fit"]["adv_steps"] == 2
+    assert set(robust_fit_dests()) <= set(fit_options()) and "eot_crop_scale" in robust_fit_dests()
+
+
 @pytest.mark.parametrize("command", ["fit", "evaluate-protection"])
 def test_robust_fit_options_default_to_the_values_older_fits_were_made_with(command, tmp_path):
     """The command line spells each later-added fit option's default once more (it must parse without torch);

@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 
-#: the options a fitted row's generator depends on (recorded in its folder under generators/, which refuses others)
-FIT_OPTIONS = ("gen_size", "delta_channels", "emb_tile", "eot", "eot_sizes", "eot_crop_scale", "eot_defenses",
-               "adv_eps", "adv_steps", "task_balance", "joint", "reinit_every", "gen_epochs", "gen_batch_size",
-               "gen_train_steps",
-               "gen_delta_units", "arch", "surrogate_epochs", "surrogate_archs", "amp", "channels_last",
-               "surrogate_adv_eps", "surrogate_adv_epochs", "surrogate_adv_mix")
+def fit_options() -> tuple[str, ...]:
+    """The options a fitted row's generator depends on (recorded in its folder under generators/, which refuses
+    others): every robust-fitting option plus the deploy command's own spellings of the rest."""
+    from .options import robust_fit_dests
+
+    return robust_fit_dests() + ("gen_epochs", "gen_batch_size", "gen_train_steps", "gen_delta_units", "arch",
+                                 "surrogate_epochs", "surrogate_archs")
 
 
 def _split(s: str | None) -> list[str]:
@@ -45,19 +46,12 @@ def _surrogate_archs(args) -> tuple[str, ...]:
 def generator_recipe(args, method: str):
     """The :class:`GeneratorRecipe` of fitted row ``method`` (``mtl-ue-<base>``) from the robust-fitting options;
     a bad option raises ``ValueError`` (one line, exit 2) before anything is read or written."""
-    from ..unlearnable.cli_common import eot_config
-    from ..unlearnable.fitting import FitConfig
-    from ..unlearnable.recipes import GeneratorRecipe
+    from .options import recipe_from_robust_args
 
-    cfg = FitConfig(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
-                    train_steps=args.gen_train_steps, seed=args.seed, eot=eot_config(args),
-                    adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps, task_balance=args.task_balance,
-                    joint=args.joint, reinit_every=args.reinit_every, amp=args.amp, channels_last=args.channels_last)
-    return GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=args.eps / 255, delta_units=args.gen_delta_units,
-                           delta_channels=args.delta_channels, emb_tile=args.emb_tile,
-                           surrogate_archs=_surrogate_archs(args), surrogate_epochs=args.surrogate_epochs,
-                           sep_checkpoints=args.sep_checkpoints, surrogate_adv_eps=args.surrogate_adv_eps / 255,
-                           surrogate_adv_epochs=args.surrogate_adv_epochs, surrogate_adv_mix=args.surrogate_adv_mix)
+    return recipe_from_robust_args(
+        args, fit=dict(base=method.split("-")[-1], epochs=args.gen_epochs, batch_size=args.gen_batch_size,
+                       train_steps=args.gen_train_steps),
+        recipe=dict(eps=args.eps / 255, delta_units=args.gen_delta_units, surrogate_archs=_surrogate_archs(args)))
 
 
 def fit_recipe_for(args, recipes: dict, train_set, work: Path):
@@ -162,7 +156,7 @@ def run_deploy(args) -> int:
     _check_work(work, fingerprint)
     # a fitted row's generator, protected set and victims were made with its fit options: refuse others
     for method in recipes:
-        _check_work(work / "generators" / method, {"fit": {k: getattr(args, k) for k in FIT_OPTIONS}},
+        _check_work(work / "generators" / method, {"fit": {k: getattr(args, k) for k in fit_options()}},
                     "fit_options.json")
     protocol = DeployProtocol(train_set, test_set, cfg, work,
                               fit_options=fit_recipe_for(args, recipes, train_set, work),
@@ -177,7 +171,7 @@ def run_deploy(args) -> int:
               "defense_victim": cfg.defense_victim, "jpeg_victims": list(cfg.jpeg_victims),
               "jpeg_quality": cfg.jpeg_quality, "recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed,
               "device": args.device, "native_size": args.image_size, "train_size": len(train_set),
-              "test_size": len(test_set), "fit": {k: getattr(args, k) for k in FIT_OPTIONS}}
+              "test_size": len(test_set), "fit": {k: getattr(args, k) for k in fit_options()}}
     paths = write_deploy_report(results, tasks=tasks, majority=majority_rates(test_set, train_set.tasks),
                                 config=config, stem=out / args.prefix, command=command_line(args),
                                 planned=len(planned), label=method_label, extra_md=args.note)

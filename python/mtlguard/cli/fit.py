@@ -42,24 +42,15 @@ def add_parser(subparsers) -> None:
 
 def recipe_from_args(args, eps: float):
     """The :class:`GeneratorRecipe` the fit options describe; a bad combination exits with one line."""
-    from ..unlearnable.cli_common import eot_config
-    from ..unlearnable.fitting import FitConfig
-    from ..unlearnable.recipes import GeneratorRecipe
+    from .options import recipe_from_robust_args
 
+    archs = tuple(a.strip() for a in args.surrogate_arch.split(",") if a.strip())
     try:
-        cfg = FitConfig(base=args.base, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        lambda_intra=args.lambda_intra, lambda_inter=args.lambda_inter, train_steps=args.train_steps,
-                        stop_acc=args.stop_acc, seed=args.seed, eot=eot_config(args), adv_eps=args.adv_eps / 255,
-                        adv_steps=args.adv_steps, task_balance=args.task_balance, joint=args.joint,
-                        reinit_every=args.reinit_every, amp=args.amp, channels_last=args.channels_last)
-        archs = tuple(a.strip() for a in args.surrogate_arch.split(",") if a.strip())
-        return GeneratorRecipe(fit=cfg, gen_size=args.gen_size, eps=eps, delta_units=args.delta_units,
-                               delta_channels=args.delta_channels, emb_tile=args.emb_tile, large_stem=args.large_stem,
-                               surrogate_archs=archs,
-                               surrogate_epochs=args.surrogate_epochs, sep_checkpoints=args.sep_checkpoints,
-                               surrogate_adv_eps=args.surrogate_adv_eps / 255,
-                               surrogate_adv_epochs=args.surrogate_adv_epochs,
-                               surrogate_adv_mix=args.surrogate_adv_mix)
+        return recipe_from_robust_args(
+            args, fit=dict(base=args.base, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           lambda_intra=args.lambda_intra, lambda_inter=args.lambda_inter,
+                           train_steps=args.train_steps, stop_acc=args.stop_acc),
+            recipe=dict(eps=eps, delta_units=args.delta_units, large_stem=args.large_stem, surrogate_archs=archs))
     except ValueError as e:
         raise SystemExit(str(e)) from None
 

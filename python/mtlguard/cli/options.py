@@ -195,3 +195,32 @@ def add_robust_fit_args(p: argparse.ArgumentParser) -> None:
                         "over both), for victims that may or may not train adversarially")
     p.add_argument("--reinit-every", type=int, default=0,
                    help="EM: re-initialize the surrogates every N rounds (0 = never) (default: %(default)s)")
+
+
+def robust_fit_dests() -> tuple[str, ...]:
+    """The argparse names :func:`add_robust_fit_args` defines (fingerprints of fitted generators list them all, so
+    an option added there cannot be left out of one)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_robust_fit_args(p)
+    return tuple(vars(p.parse_args([])))
+
+
+def recipe_from_robust_args(args: argparse.Namespace, *, fit: dict, recipe: dict):
+    """The :class:`~mtlguard.unlearnable.recipes.GeneratorRecipe` that :func:`add_robust_fit_args`' options plus
+    the command's own spellings describe: ``fit`` = its :class:`~mtlguard.unlearnable.fitting.FitConfig` fields
+    (``base``, ``epochs``, ...), ``recipe`` = its recipe fields (``eps`` as a fraction, ``surrogate_archs``, ...).
+
+    The one builder behind ``mtlguard fit`` and ``evaluate-protection --protocol deploy``'s fitted rows, so both
+    read each robust option the same way.  A bad combination raises ``ValueError`` (one line)."""
+    from ..unlearnable.cli_common import eot_config
+    from ..unlearnable.fitting import FitConfig
+    from ..unlearnable.recipes import GeneratorRecipe
+
+    cfg = FitConfig(seed=args.seed, eot=eot_config(args), adv_eps=args.adv_eps / 255, adv_steps=args.adv_steps,
+                    task_balance=args.task_balance, joint=args.joint, reinit_every=args.reinit_every, amp=args.amp,
+                    channels_last=args.channels_last, **fit)
+    return GeneratorRecipe(fit=cfg, gen_size=args.gen_size, delta_channels=args.delta_channels,
+                           emb_tile=args.emb_tile, surrogate_epochs=args.surrogate_epochs,
+                           sep_checkpoints=args.sep_checkpoints, surrogate_adv_eps=args.surrogate_adv_eps / 255,
+                           surrogate_adv_epochs=args.surrogate_adv_epochs,
+                           surrogate_adv_mix=args.surrogate_adv_mix, **recipe)
