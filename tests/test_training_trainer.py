@@ -138,3 +138,25 @@ def test_training_learns_a_learnable_task(tmp_path):
     before = tr.evaluate()["cls"]["accuracy"]
     after = tr.fit()["cls"]["accuracy"]
     assert after > max(before + 0.2, 0.7), (before, after)
+
+
+def test_train_config_checks_its_options_and_the_trainer_takes_them_whole_or_one_by_one():
+    """One options object (:class:`TrainConfig`): bad values and unknown names fail before any work, naming
+    what is wrong; ``Trainer(config=cfg, lr=...)`` is ``cfg`` with that option replaced."""
+    from mtlguard.training import TrainConfig
+
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+        TrainConfig(schedule="cosine")
+    with pytest.raises(TypeError, match=r"unknown training option\(s\) \['epoch'\]"):
+        TrainConfig.with_options(epoch=3)
+    cfg = TrainConfig(epochs=4, batch_size=8, schedule="step", step_size=1, gamma=0.5, augment=False, progress=False)
+    tr = Trainer(build_model(TASKS, "small_cnn", image_size=16), TASKS, TinyScenes(16), config=cfg, lr=2e-3)
+    assert tr.cfg == TrainConfig.with_options(cfg, lr=2e-3) and tr.cfg.epochs == 4
+    assert tr.config["schedule"] == "step" and tr.config["lr"] == 2e-3
+    lrs = []
+    for _ in range(3):
+        lrs.append(tr.optimizer.param_groups[0]["lr"])
+        tr.scheduler.step()
+    assert lrs == pytest.approx([2e-3, 1e-3, 5e-4])  # StepLR every step_size=1 epoch, gamma 0.5

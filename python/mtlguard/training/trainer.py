@@ -1,8 +1,8 @@
 """One trainer for MTL and STL victims (MTL-UE Sec. 5.1 / A.2).
 
-Defaults follow A.2 for CelebA / ChestX-ray14 / UTKFace: Adam, lr 1e-3, MultiStepLR with gamma 0.1 at
-60% and 80% of the epochs (epochs 36 and 48 of 60), batch 512, RandomCrop + RandomHorizontalFlip.
-NYUv2 uses ``schedule="step"`` (StepLR at half the epochs, lr 1e-4, batch 8 in the paper).
+How it trains is one :class:`~mtlguard.training.config.TrainConfig` (defaults: A.2 for CelebA / ChestX-ray14 /
+UTKFace, Adam, lr 1e-3, MultiStepLR with gamma 0.1 at 60% and 80% of the epochs, batch 512, RandomCrop +
+RandomHorizontalFlip; NYUv2 uses ``schedule="step"``); its fields may also be passed to :class:`Trainer` one by one.
 
 ``out_dir`` layout (all files written atomically, every epoch)::
 
@@ -48,6 +48,7 @@ from ..models.factory import save_model
 from ..models.losses import multi_task_losses
 from ..weighting import Weighting, build_weighting
 from .augment import random_crop_flip
+from .config import TrainConfig, build_scheduler
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
@@ -85,6 +86,18 @@ def _jsonable(x):
     return x
 
 
+def _check_data(tasks: Sequence[TaskSpec], train_set: Dataset) -> None:
+    """A non-empty training set that has every task to train (the error names the missing ones)."""
+    if len(train_set) == 0:
+        raise ValueError("train_set is empty")
+    ds_tasks = getattr(train_set, "tasks", None)
+    if ds_tasks is not None:
+        have = {t.name for t in ds_tasks}
+        missing = [t.name for t in tasks if t.name not in have]
+        if missing:
+            raise KeyError(f"task(s) {missing} are not in the training set (has {sorted(have)})")
+
+
 class Trainer:
     """Train ``model`` on ``train_set`` with a task-weighting strategy; evaluate on ``test_set``.
 
@@ -93,16 +106,12 @@ class Trainer:
             output}``; its ``shared_parameters()`` feed gradient-based weightings); moved to ``device``.
         tasks: the task specs to train (a subset of the dataset's tasks; one task = STL).
         train_set / test_set: mtlguard datasets (items ``(image, {task: target})``).
-        weighting: a name for :func:`mtlguard.weighting.build_weighting` or a :class:`Weighting`.
-        epochs, lr, batch_size, weight_decay: optimisation (Adam).
-        schedule: ``"multistep"`` (milestones = ``milestones`` fractions of ``epochs``, A.2),
-            ``"step"`` (StepLR every ``step_size`` epochs, default epochs // 2; NYUv2), or ``"none"``.
-        crop_padding: RandomCrop padding in pixels (default ``H // 8``: 8 at 64 px); ``augment=False``
-            disables crop and flip.
-        amp: mixed precision on CUDA (bf16 when supported, else fp16 + GradScaler); ignored on CPU.
-        grad_clip: max global gradient norm (``None`` = no clipping).
-        eval_every: evaluate on ``test_set`` every N epochs (and always after the last one).
-        max_batches: cap on training batches per epoch (tests / smoke runs).
+        config: the run's :class:`TrainConfig` (weighting, epochs, lr, schedule, augmentation, seed, ...).
+        device: ``"cpu"`` or ``"cuda"``.
+        out_dir / resume: where checkpoints and metrics are written (see the module notes); ``resume=True``
+            continues the run saved there.
+        transform / eval_transform / perturb: the hooks described in the module notes.
+        **options: :class:`TrainConfig` fields replacing ``config``'s (``Trainer(..., epochs=3, lr=1e-2)``).
     """
 
     def __init__(
@@ -111,93 +120,49 @@ class Trainer:
         tasks: Sequence[TaskSpec],
         train_set: Dataset,
         test_set: Dataset | None = None,
+        config: TrainConfig | None = None,
         *,
-        weighting: str | Weighting = "ls",
-        weighting_kwargs: dict | None = None,
-        epochs: int = 60,
-        lr: float = 1e-3,
-        batch_size: int = 512,
-        weight_decay: float = 0.0,
-        schedule: str = "multistep",
-        milestones: Sequence[float] = (0.6, 0.8),
-        gamma: float = 0.1,
-        step_size: int | None = None,
-        augment: bool = True,
-        crop_padding: int | None = None,
-        flip: bool = True,
-        amp: bool = True,
-        grad_clip: float | None = 10.0,
-        seed: int = 0,
         device: str | torch.device = "cpu",
         out_dir: str | os.PathLike | None = None,
         resume: bool = False,
-        num_workers: int = 0,
-        eval_every: int = 1,
-        eval_batch_size: int | None = None,
-        max_batches: int | None = None,
-        progress: bool = True,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         eval_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         perturb: Perturb | None = None,
+        **options,
     ) -> None:
+        cfg = self.cfg = TrainConfig.with_options(config, **options)
         self.tasks = validate_tasks(tasks)
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(train_set) == 0:
-            raise ValueError("train_set is empty")
-        ds_tasks = getattr(train_set, "tasks", None)
-        if ds_tasks is not None:
-            have = {t.name for t in ds_tasks}
-            missing = [t.name for t in self.tasks if t.name not in have]
-            if missing:
-                raise KeyError(f"task(s) {missing} are not in the training set (has {sorted(have)})")
+        _check_data(self.tasks, train_set)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' requested but CUDA is not available on this machine")
-        seed_everything(seed)
+        seed_everything(cfg.seed)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
-        self.epochs, self.lr, self.batch_size, self.seed = int(epochs), float(lr), int(batch_size), int(seed)
-        self.augment, self.flip, self.grad_clip = augment, flip, grad_clip
-        self.crop_padding = crop_padding
-        self.num_workers, self.eval_every, self.max_batches = num_workers, max(1, int(eval_every)), max_batches
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.progress = progress
+        self.epochs, self.lr, self.batch_size, self.seed = int(cfg.epochs), float(cfg.lr), int(cfg.batch_size), \
+            int(cfg.seed)
+        self.augment, self.flip, self.grad_clip, self.crop_padding = (cfg.augment, cfg.flip, cfg.grad_clip,
+                                                                      cfg.crop_padding)
+        self.num_workers, self.eval_every, self.max_batches = (cfg.num_workers, max(1, int(cfg.eval_every)),
+                                                               cfg.max_batches)
+        self.eval_batch_size = cfg.eval_batch_size or cfg.batch_size
+        self.progress = cfg.progress
         self.transform, self.eval_transform, self.perturb = transform, eval_transform, perturb
         names = [t.name for t in self.tasks]
-        self.weighting = (weighting if isinstance(weighting, Weighting)
-                          else build_weighting(weighting, names, **(weighting_kwargs or {})))
+        self.weighting = (cfg.weighting if isinstance(cfg.weighting, Weighting)
+                          else build_weighting(cfg.weighting, names, **(cfg.weighting_kwargs or {})))
         self.weighting.to(self.device)
         params = list(self.model.parameters()) + list(self.weighting.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=weight_decay)
-        if schedule == "multistep":
-            ms = sorted({max(1, int(round(f * self.epochs))) for f in milestones if 0 < f < 1})
-            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, ms, gamma)
-        elif schedule == "step":
-            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size or max(1, self.epochs // 2), gamma)
-        elif schedule == "none":
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0)
-        else:
-            raise ValueError(f"unknown schedule {schedule!r}; expected 'multistep', 'step' or 'none'")
+        self.optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
         self.amp_dtype = None
-        if amp and self.device.type == "cuda":
+        if cfg.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.history: list[dict] = []
         self.start_epoch = 0
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.config = {
-            "tasks": names, "weighting": self.weighting.name, "weighting_kwargs": weighting_kwargs or {},
-            "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "weight_decay": weight_decay,
-            "schedule": schedule, "milestones": list(milestones), "gamma": gamma, "step_size": step_size,
-            "augment": augment, "crop_padding": crop_padding, "flip": flip, "amp": str(self.amp_dtype),
-            "grad_clip": grad_clip, "seed": self.seed, "device": str(self.device), "max_batches": max_batches,
-            "train_size": len(train_set), "test_size": len(test_set) if test_set is not None else 0,
-            "perturb": getattr(perturb, "__name__", type(perturb).__name__) if perturb else None,
-            "transform": getattr(transform, "__name__", type(transform).__name__) if transform else None,
-        }
+        self.config = self._recorded_config(train_set, test_set, transform, perturb)
         if self.out_dir is not None:
             ck = self.out_dir / CHECKPOINT_NAME
             if ck.exists() and not resume:
@@ -206,6 +171,21 @@ class Trainer:
                 self._load_checkpoint(ck)
         elif resume:
             raise ValueError("resume=True needs out_dir")
+
+    def _recorded_config(self, train_set, test_set, transform, perturb) -> dict:
+        """What ``train_config.json`` and the checkpoint record (and a resumed run must match)."""
+        cfg = self.cfg
+        return {
+            "tasks": [t.name for t in self.tasks], "weighting": self.weighting.name,
+            "weighting_kwargs": cfg.weighting_kwargs or {}, "epochs": self.epochs, "lr": self.lr,
+            "batch_size": self.batch_size, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
+            "milestones": list(cfg.milestones), "gamma": cfg.gamma, "step_size": cfg.step_size,
+            "augment": cfg.augment, "crop_padding": cfg.crop_padding, "flip": cfg.flip, "amp": str(self.amp_dtype),
+            "grad_clip": cfg.grad_clip, "seed": self.seed, "device": str(self.device), "max_batches": cfg.max_batches,
+            "train_size": len(train_set), "test_size": len(test_set) if test_set is not None else 0,
+            "perturb": getattr(perturb, "__name__", type(perturb).__name__) if perturb else None,
+            "transform": getattr(transform, "__name__", type(transform).__name__) if transform else None,
+        }
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
