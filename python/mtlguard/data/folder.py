@@ -406,45 +406,10 @@ def write_folder_dataset(
         raise ValueError(f"image_format must be 'png' or 'same', got {image_format!r}")
     if len(images_uint8) != n:
         raise ValueError(f"{len(images_uint8)} images for {n} files")
-    out_r = out.resolve()
-    if source_root is not None:
-        src_r = Path(source_root).resolve()
-        if out_r == src_r or src_r in out_r.parents:
-            raise ValueError(f"refusing to write into the source dataset: {str(out)!r} is inside {str(source_root)!r}")
-    # labels -> {task: values}
-    if isinstance(labels, (np.ndarray, torch.Tensor)):
-        arr = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
-        cls_tasks = [t for t in tasks if t.is_classification]
-        if arr.ndim != 2 or arr.shape != (n, len(cls_tasks)) or len(cls_tasks) != len(tasks):
-            raise ValueError(f"a label matrix must be [N={n}, K={len(cls_tasks)}] and every task a classification "
-                             f"task; got shape {tuple(arr.shape)} -- pass {{task: values}} instead")
-        labels = {t.name: arr[:, k] for k, t in enumerate(cls_tasks)}
-    for t in tasks:
-        if t.name not in labels:
-            raise ValueError(f"no labels given for task {t.name!r}")
-        if len(labels[t.name]) != n:
-            raise ValueError(f"task {t.name!r}: {len(labels[t.name])} labels for {n} files")
-    # destinations
-    dest, seen = [], {}
-    for i, f in enumerate(files):
-        try:
-            safe_join(out, f, "image")
-        except ValueError as e:
-            raise ValueError(f"files[{i}]: {e}") from None
-        rel = _norm_rel(f)
-        if image_format == "png" and not rel.lower().endswith(".png"):
-            rel = posixpath.splitext(rel)[0] + ".png"
-        if rel in seen:
-            raise ValueError(f"files[{i}] {f!r} and files[{seen[rel]}] map to the same output {rel!r}")
-        seen[rel] = i
-        dest.append(rel)
+    labels = _labels_by_task(labels, tasks, n)
+    dest = _destinations(out, files, image_format)
     dense_rel = {t.name: [f"{t.name}/{posixpath.splitext(d)[0]}.npy" for d in dest] for t in tasks if t.is_dense}
-    if source_root is not None:
-        src_r = Path(source_root).resolve()
-        for rel in dest:
-            target = (out / rel).resolve()
-            if target == src_r or src_r in target.parents:
-                raise ValueError(f"refusing to write {rel!r}: it resolves into the source dataset {str(source_root)!r}")
+    _refuse_unsafe_targets(out, dest, source_root)
     all_out = dest + [r for v in dense_rel.values() for r in v] + ["labels.csv", "tasks.json"]
     if not overwrite:
         existing = [r for r in all_out if (out / r).exists()]
@@ -462,23 +427,77 @@ def write_folder_dataset(
                 buf = io.BytesIO()
                 np.save(buf, np.asarray(labels[t.name][i]), allow_pickle=False)
                 atomic_write_bytes(out / dense_rel[t.name][i], buf.getvalue(), overwrite=overwrite)
-    header = ["file"] + [t.name for t in tasks] + (["split"] if split is not None else []) + list(extra_columns or {})
-    sio = io.StringIO()
-    w = csv.writer(sio, lineterminator="\n")
-    w.writerow(header)
-    for i in range(n):
-        row = [dest[i]]
-        for t in tasks:
-            row.append(dense_rel[t.name][i] if t.is_dense else _label_cell(t, labels[t.name][i]))
-        if split is not None:
-            row.append(str(split[i]))
-        row += [str(v[i]) for v in (extra_columns or {}).values()]
-        w.writerow(row)
-    atomic_write_bytes(out / "labels.csv", sio.getvalue().encode(), overwrite=overwrite)
+    csv_text = _labels_csv(dest, tasks, labels, dense_rel, split, extra_columns)
+    atomic_write_bytes(out / "labels.csv", csv_text.encode(), overwrite=overwrite)
     channels = np.asarray(images_uint8[0]).shape[-1] if np.asarray(images_uint8[0]).ndim == 3 else 1
     spec = {"tasks": json.loads(tasks_to_json(tasks)), "num_channels": int(channels)}
     atomic_write_bytes(out / "tasks.json", (json.dumps(spec, indent=2) + "\n").encode(), overwrite=overwrite)
     return out
+
+
+def _labels_by_task(labels, tasks: Sequence[TaskSpec], n: int) -> dict:
+    """The writer's labels as ``{task: values [n, ...]}`` (an ``[n, K]`` class-index matrix is split by task)."""
+    if isinstance(labels, (np.ndarray, torch.Tensor)):
+        arr = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+        cls_tasks = [t for t in tasks if t.is_classification]
+        if arr.ndim != 2 or arr.shape != (n, len(cls_tasks)) or len(cls_tasks) != len(tasks):
+            raise ValueError(f"a label matrix must be [N={n}, K={len(cls_tasks)}] and every task a classification "
+                             f"task; got shape {tuple(arr.shape)} -- pass {{task: values}} instead")
+        labels = {t.name: arr[:, k] for k, t in enumerate(cls_tasks)}
+    for t in tasks:
+        if t.name not in labels:
+            raise ValueError(f"no labels given for task {t.name!r}")
+        if len(labels[t.name]) != n:
+            raise ValueError(f"task {t.name!r}: {len(labels[t.name])} labels for {n} files")
+    return labels
+
+
+def _destinations(out: Path, files: Sequence[str], image_format: str) -> list[str]:
+    """Each image's path relative to ``out`` (``.png`` for ``image_format='png'``); paths that escape ``out``
+    or two files that would land on one output raise, naming them."""
+    dest, seen = [], {}
+    for i, f in enumerate(files):
+        try:
+            safe_join(out, f, "image")
+        except ValueError as e:
+            raise ValueError(f"files[{i}]: {e}") from None
+        rel = _norm_rel(f)
+        if image_format == "png" and not rel.lower().endswith(".png"):
+            rel = posixpath.splitext(rel)[0] + ".png"
+        if rel in seen:
+            raise ValueError(f"files[{i}] {f!r} and files[{seen[rel]}] map to the same output {rel!r}")
+        seen[rel] = i
+        dest.append(rel)
+    return dest
+
+
+def _refuse_unsafe_targets(out: Path, dest: Sequence[str], source_root) -> None:
+    """Refuse writing into the source dataset: ``out`` inside it, or any output resolving (links) into it."""
+    if source_root is None:
+        return
+    src_r = Path(source_root).resolve()
+    out_r = out.resolve()
+    if out_r == src_r or src_r in out_r.parents:
+        raise ValueError(f"refusing to write into the source dataset: {str(out)!r} is inside {str(source_root)!r}")
+    for rel in dest:
+        target = (out / rel).resolve()
+        if target == src_r or src_r in target.parents:
+            raise ValueError(f"refusing to write {rel!r}: it resolves into the source dataset {str(source_root)!r}")
+
+
+def _labels_csv(dest, tasks, labels, dense_rel, split, extra_columns) -> str:
+    """``labels.csv``: one row per image (dense tasks name their ``.npy`` file), then ``split`` and extras."""
+    header = ["file"] + [t.name for t in tasks] + (["split"] if split is not None else []) + list(extra_columns or {})
+    sio = io.StringIO()
+    w = csv.writer(sio, lineterminator="\n")
+    w.writerow(header)
+    for i, rel in enumerate(dest):
+        row = [rel] + [dense_rel[t.name][i] if t.is_dense else _label_cell(t, labels[t.name][i]) for t in tasks]
+        if split is not None:
+            row.append(str(split[i]))
+        row += [str(v[i]) for v in (extra_columns or {}).values()]
+        w.writerow(row)
+    return sio.getvalue()
 
 
 def dataset_labels(dataset) -> dict[str, np.ndarray]:
