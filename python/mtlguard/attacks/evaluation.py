@@ -104,57 +104,80 @@ def run_attack_eval(model: torch.nn.Module, tasks: Sequence[TaskSpec], loader: I
     if not configs:
         raise ValueError(f"no attack x aggregation pair to run (attacks {list(attacks)}, aggregations {aggs})")
     attacks = list(dict.fromkeys(a for a, _, _ in configs))
-    clean_meter = MultiTaskMeter(tasks)
-    meters = {c: MultiTaskMeter(tasks) for c in configs}
-    clean_losses: dict[str, list] = {t.name: [] for t in tasks}
-    adv_losses = {c: {t.name: [] for t in tasks} for c in configs}
-    seconds = {c: 0.0 for c in configs}
-    examples: dict = {}
+    tally = _Tally(model, tasks, configs, keep_examples)
     torch.manual_seed(seed)
-    n_seen = 0
     batches = list(loader) if max_batches is None else [b for _, b in zip(range(max_batches), loader)]
     bar = tqdm(total=len(batches) * len(configs), desc="attack-eval", disable=not progress)
     for bi, (x, y) in enumerate(batches):
         x = x.to(device)
         y = {k: v.to(device) for k, v in y.items()}
-        ls, out = _per_sample_losses(model, tasks, x, y)
-        clean_meter.update({k: v.float() for k, v in out.items()}, y)
-        for k, v in ls.items():
-            clean_losses[k].append(v)
-        if bi == 0:
-            examples["clean"] = x[:keep_examples].cpu()
+        tally.add(None, x, y, first=bi == 0)
         for c in configs:
             name, agg, eps = c
             atk = build_attack(name, model, tasks, eps=eps, norm=norm, aggregation=agg,
                                **_attack_kwargs(name, eps, steps, queries))
             t0 = time.perf_counter()
             x_adv = atk(x, y)
-            seconds[c] += time.perf_counter() - t0
-            la, oa = _per_sample_losses(model, tasks, x_adv, y)
-            meters[c].update({k: v.float() for k, v in oa.items()}, y)
-            for k, v in la.items():
-                adv_losses[c][k].append(v)
-            if bi == 0:
-                examples[c] = x_adv[:keep_examples].cpu()
+            tally.seconds[c] += time.perf_counter() - t0
+            tally.add(c, x_adv, y, first=bi == 0)
             bar.update(1)
-        n_seen += x.shape[0]
+        tally.images += x.shape[0]
     bar.close()
-    clean = clean_meter.compute(with_average=False)
-    cl = {k: torch.cat(v) for k, v in clean_losses.items()}
+    clean = tally.clean_meter.compute(with_average=False)
     arp_metrics, skipped = _usable_metrics(clean, tasks)
-    rows = []
-    for c in configs:
-        name, agg, eps = c
-        adv = meters[c].compute(with_average=False)
-        a = arp(clean, adv, [t.name for t in tasks], metrics=arp_metrics)
-        row = {"attack": name, "aggregation": agg, "eps": eps, "eps_255": round(eps * 255, 4), "arp": a["arp"],
-               "task_arp": {t.name: a[t.name] for t in tasks}, "metrics": adv,
-               "vulnerability": {t.name: relative_task_vulnerability(cl[t.name], torch.cat(adv_losses[c][t.name]))
-                                 for t in tasks},
-               "seconds_per_image": seconds[c] / max(n_seen, 1)}
-        if agg.startswith("single:") and len(tasks) > 1:
-            row["transferability"] = attack_transferability(row["task_arp"], agg[7:])
-        rows.append(row)
+    rows = tally.rows(clean, arp_metrics)
+    return {"tasks": [t.to_dict() for t in tasks], "images": tally.images, "attacks": list(attacks),
+            "aggregations": aggs, "eps": [float(e) for e in eps_list], "steps": steps, "queries": queries,
+            "norm": norm, "seed": seed, "device": str(device), "clean": clean, "arp_metrics": arp_metrics,
+            "arp_metrics_skipped": skipped, "results": rows,
+            "transferability_matrix": _transferability_matrices(rows, attacks, eps_list, tasks),
+            "_examples": tally.examples}
+
+
+class _Tally:
+    """What :func:`run_attack_eval` accumulates over the batches: task meters and per-sample losses of the clean
+    images and of each (attack, aggregation, eps) config, attack time, and the first batch's examples."""
+
+    def __init__(self, model, tasks, configs, keep_examples: int):
+        self.model, self.tasks, self.configs, self.keep = model, tasks, configs, keep_examples
+        self.meters = {c: MultiTaskMeter(tasks) for c in (None, *configs)}
+        self.losses = {c: {t.name: [] for t in tasks} for c in (None, *configs)}
+        self.seconds = {c: 0.0 for c in configs}
+        self.examples: dict = {}
+        self.images = 0
+        self.clean_meter = self.meters[None]
+
+    def add(self, config, x: torch.Tensor, y: dict, first: bool) -> None:
+        """Score batch ``x`` (clean when ``config`` is None, else that config's adversarial batch)."""
+        losses, out = _per_sample_losses(self.model, self.tasks, x, y)
+        self.meters[config].update({k: v.float() for k, v in out.items()}, y)
+        for k, v in losses.items():
+            self.losses[config][k].append(v)
+        if first:
+            self.examples["clean" if config is None else config] = x[:self.keep].cpu()
+
+    def rows(self, clean: dict, arp_metrics: dict) -> list[dict]:
+        """One result row per config: its metrics, ARP vs. ``clean``, task vulnerability, time per image."""
+        clean_loss = {k: torch.cat(v) for k, v in self.losses[None].items()}
+        rows = []
+        for c in self.configs:
+            name, agg, eps = c
+            adv = self.meters[c].compute(with_average=False)
+            a = arp(clean, adv, [t.name for t in self.tasks], metrics=arp_metrics)
+            row = {"attack": name, "aggregation": agg, "eps": eps, "eps_255": round(eps * 255, 4), "arp": a["arp"],
+                   "task_arp": {t.name: a[t.name] for t in self.tasks}, "metrics": adv,
+                   "vulnerability": {t.name: relative_task_vulnerability(clean_loss[t.name],
+                                                                         torch.cat(self.losses[c][t.name]))
+                                     for t in self.tasks},
+                   "seconds_per_image": self.seconds[c] / max(self.images, 1)}
+            if agg.startswith("single:") and len(self.tasks) > 1:
+                row["transferability"] = attack_transferability(row["task_arp"], agg[7:])
+            rows.append(row)
+        return rows
+
+
+def _transferability_matrices(rows: list[dict], attacks, eps_list, tasks) -> list[dict]:
+    """GB-MTA Eq. 11's ``ARP-Y / ARP-X`` matrix for each (attack, eps) that has a SINGLE-X row for every task."""
     matrices = []
     for a in attacks:
         for e in eps_list:
@@ -162,10 +185,7 @@ def run_attack_eval(model: torch.nn.Module, tasks: Sequence[TaskSpec], loader: I
                        if r["attack"] == a and r["eps"] == float(e) and "transferability" in r}
             if len(singles) == len(tasks) > 1:
                 matrices.append({"attack": a, "eps": float(e), "matrix": transferability_matrix(singles)})
-    return {"tasks": [t.to_dict() for t in tasks], "images": n_seen, "attacks": list(attacks), "aggregations": aggs,
-            "eps": [float(e) for e in eps_list], "steps": steps, "queries": queries, "norm": norm, "seed": seed,
-            "device": str(device), "clean": clean, "arp_metrics": arp_metrics, "arp_metrics_skipped": skipped,
-            "results": rows, "transferability_matrix": matrices, "_examples": examples}
+    return matrices
 
 
 def _usable_metrics(clean: dict, tasks) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
