@@ -358,65 +358,88 @@ def train_mta(generator: MTAGenerator | GAPGenerator, tasks: Sequence[TaskSpec],
     is merged into that epoch's log before the checkpoint is written, and the generator is put back in
     train mode afterwards.
     """
-    from tqdm.auto import tqdm
-
     tasks = validate_tasks(tasks)
     torch.manual_seed(seed)
     device = torch.device(device)
     generator.to(device)
     opt = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
-    start_epoch, logs = 0, []
     ckpt = Path(out_dir) / "mta_checkpoint.pt" if out_dir is not None else None
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        if resume and ckpt.is_file():
-            state = torch.load(ckpt, map_location=device, weights_only=True)
-            if state.get("config") != json.dumps(generator.config(), sort_keys=True):
-                raise ValueError(f"checkpoint {ckpt} was written for a different generator config; "
-                                 "use another out_dir or resume=False")
-            generator.load_state_dict(state["generator"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch = int(state["epoch"])
-            logs = json.loads(state.get("logs", "[]"))
-    victim_mods = _victim_modules(victims)
+    start_epoch, logs = _resume(ckpt, generator, opt, device) if ckpt is not None and resume else (0, [])
+
+    def losses(x, y):
+        return fooling_losses(generator, tasks, victims, x, y, targeted, target_classes, alphas)
+
     steps_done = 0
-    with _frozen(victim_mods):
+    with _frozen(_victim_modules(victims)):
         for epoch in range(start_epoch, epochs):
             generator.train()
-            t0, tot, n, per_sum = time.perf_counter(), 0.0, 0, {}
-            bar = tqdm(loader, desc=f"MTA epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-            for x, y in bar:
-                x = x.to(device)
-                y = {k: v.to(device) for k, v in y.items()}
-                loss, per = fooling_losses(generator, tasks, victims, x, y, targeted, target_classes, alphas)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tot += loss.item() * x.shape[0]
-                n += x.shape[0]
-                for k, v in per.items():
-                    per_sum[k] = per_sum.get(k, 0.0) + v.item() * x.shape[0]
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                steps_done += 1
-                if max_steps is not None and steps_done >= max_steps:
-                    break
-            logs.append({"epoch": epoch + 1, "loss": tot / max(n, 1), "per_task": {k: v / max(n, 1) for k, v in per_sum.items()},
-                         "steps": steps_done, "seconds": time.perf_counter() - t0})
+            bar = f"MTA epoch {epoch + 1}/{epochs}" if progress else None
+            log, steps_done = _mta_epoch(generator, losses, loader, opt, device, steps_done, max_steps, bar)
+            logs.append({"epoch": epoch + 1, **log})
             if on_epoch_end is not None:
                 extra = on_epoch_end(generator, logs[-1])
                 generator.train()
                 if extra:
                     logs[-1].update(extra)
             if ckpt is not None:
-                state = {"generator": generator.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                         "config": json.dumps(generator.config(), sort_keys=True), "logs": json.dumps(logs)}
-                atomic_write(ckpt, lambda p: torch.save(state, p))
+                _save_checkpoint(ckpt, generator, opt, epoch + 1, logs)
             if max_steps is not None and steps_done >= max_steps:
                 break
     generator.eval()
     if out_dir is not None:
         generator.save(Path(out_dir) / "mta_generator.safetensors")
     return logs
+
+
+def _mta_epoch(generator, losses, loader, opt, device, steps_done: int, max_steps: int | None,
+               bar: str | None) -> tuple[dict, int]:
+    """One epoch of Adam steps on ``losses(x, y) -> (loss, per_task)``; stops early at ``max_steps`` in all.
+    Returns the epoch's log (mean loss, mean per-task loss, steps so far, seconds) and the steps so far."""
+    from tqdm.auto import tqdm
+
+    t0, total, n, per_sum = time.perf_counter(), 0.0, 0, {}
+    batches = tqdm(loader, desc=bar, disable=bar is None, leave=False)
+    for x, y in batches:
+        x = x.to(device)
+        y = {k: v.to(device) for k, v in y.items()}
+        loss, per = losses(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * x.shape[0]
+        n += x.shape[0]
+        for k, v in per.items():
+            per_sum[k] = per_sum.get(k, 0.0) + v.item() * x.shape[0]
+        batches.set_postfix(loss=f"{loss.item():.4f}")
+        steps_done += 1
+        if max_steps is not None and steps_done >= max_steps:
+            break
+    log = {"loss": total / max(n, 1), "per_task": {k: v / max(n, 1) for k, v in per_sum.items()},
+           "steps": steps_done, "seconds": time.perf_counter() - t0}
+    return log, steps_done
+
+
+def _resume(ckpt: Path, generator, opt, device) -> tuple[int, list[dict]]:
+    """Load ``ckpt`` (weights only) into ``generator`` and ``opt``: ``(epochs done, logs)``; ``(0, [])`` when
+    there is none; refuses a checkpoint written for another generator configuration."""
+    if not ckpt.is_file():
+        return 0, []
+    state = torch.load(ckpt, map_location=device, weights_only=True)
+    if state.get("config") != json.dumps(generator.config(), sort_keys=True):
+        raise ValueError(f"checkpoint {ckpt} was written for a different generator config; "
+                         "use another out_dir or resume=False")
+    generator.load_state_dict(state["generator"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), json.loads(state.get("logs", "[]"))
+
+
+def _save_checkpoint(ckpt: Path, generator, opt, epoch: int, logs: list[dict]) -> None:
+    """Write generator + optimizer + epoch + logs to ``ckpt`` atomically."""
+    state = {"generator": generator.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+             "config": json.dumps(generator.config(), sort_keys=True), "logs": json.dumps(logs)}
+    atomic_write(ckpt, lambda p: torch.save(state, p))
 
 
 class _frozen:
