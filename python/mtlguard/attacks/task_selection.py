@@ -20,8 +20,10 @@ a fresh HPS model of :func:`mtlguard.models.build_model` trained with LS by the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import time
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -73,19 +75,56 @@ def main_task_vulnerability(model: torch.nn.Module, tasks: Sequence[TaskSpec], m
             "clean_error": wrong / n if spec.is_classification else float(c.mean())}
 
 
-def _train(tasks, train_set, arch, epochs, early, cfg):
+@dataclass(frozen=True)
+class TaskSelectionConfig:
+    """The study's settings (defaults: a CPU-sized version of the paper's; its attack is the paper's base one).
+
+    Args:
+        target_arch / surrogate_arch: the attacked model's encoder and the cheaper surrogate's.
+        epochs / early_epochs: training epochs, and the early-stopping proxy's snapshot epoch (< ``epochs``).
+        max_aux: auxiliary tasks per combination (the paper: 0 or 1).
+        eps / steps / step_size / attack: L-inf PGD on the main task (``"single"``) or on every task (``"multi"``).
+        batch_size / lr / eval_batch_size: training (Adam, LS weighting) and evaluation batches.
+        max_batches: cap on training batches per epoch (tests / smoke runs).
+    """
+
+    target_arch: str = "resnet18"
+    surrogate_arch: str = "small_cnn"
+    epochs: int = 6
+    early_epochs: int = 2
+    max_aux: int = 1
+    eps: float = 8 / 255
+    steps: int = 25
+    step_size: float = 2 / 255
+    attack: str = "single"
+    batch_size: int = 128
+    lr: float = 1e-3
+    eval_batch_size: int = 256
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = False
+    max_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.attack not in ("single", "multi"):
+            raise ValueError(f"attack must be 'single' or 'multi', got {self.attack!r}")
+        if not 1 <= self.early_epochs < self.epochs:
+            raise ValueError(f"early_epochs must be in [1, epochs), got {self.early_epochs} of {self.epochs}")
+
+
+def _train(tasks, train_set, arch: str, early: int | None, cfg: TaskSelectionConfig):
     """(final model, early snapshot or None) trained with LS by the shared trainer."""
     from ..models import build_model
     from ..training import Trainer
 
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     x0, _ = train_set[0]
     model = build_model(tasks, arch=arch, in_channels=int(x0.shape[0]), image_size=int(x0.shape[-1]))
-    tr = Trainer(model, tasks, train_set, None, weighting="ls", epochs=epochs, lr=cfg["lr"],
-                 batch_size=cfg["batch_size"], seed=cfg["seed"], device=cfg["device"], progress=cfg["progress"],
-                 max_batches=cfg["max_batches"])
+    tr = Trainer(model, tasks, train_set, None, weighting="ls", epochs=cfg.epochs, lr=cfg.lr,
+                 batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, progress=cfg.progress,
+                 max_batches=cfg.max_batches)
     snap = None
-    for e in range(epochs):
+    for e in range(cfg.epochs):
         tr.train_epoch(e)
         tr.scheduler.step()
         if early is not None and e + 1 == early:
@@ -94,25 +133,18 @@ def _train(tasks, train_set, arch, epochs, early, cfg):
 
 
 def task_selection_study(train_set: Dataset, test_set: Dataset, tasks: Sequence[TaskSpec] | None = None,
-                         target_arch: str = "resnet18", surrogate_arch: str = "small_cnn", epochs: int = 6,
-                         early_epochs: int = 2, max_aux: int = 1, eps: float = 8 / 255, steps: int = 25,
-                         step_size: float = 2 / 255, attack: str = "single", batch_size: int = 128,
-                         lr: float = 1e-3, eval_batch_size: int = 256, device="cpu", seed: int = 0,
-                         progress: bool = False, max_batches: int | None = None) -> dict:
+                         config: TaskSelectionConfig | None = None, **options) -> dict:
     """Train the target / early-stopped / surrogate models of every task set and correlate the proxies.
 
-    Returns ``{"rows": [{"main", "aux", "target_v", "early_v", "surrogate_v", "clean_error", ...}],
-    "correlations": {proxy: {"r", "p", "n"}}, "config": {...}}``.
+    ``options`` are :class:`TaskSelectionConfig` fields replacing ``config``'s.  Returns ``{"rows": [{"main",
+    "aux", "target_v", "early_v", "surrogate_v", "clean_error", ...}], "correlations": {proxy: {"r", "p", "n"}},
+    "config": {...}}``.
     """
-    if attack not in ("single", "multi"):
-        raise ValueError(f"attack must be 'single' or 'multi', got {attack!r}")
-    if not 1 <= early_epochs < epochs:
-        raise ValueError(f"early_epochs must be in [1, epochs), got {early_epochs} of {epochs}")
+    cfg = dataclasses.replace(config or TaskSelectionConfig(), **options)
     tasks = validate_tasks(tasks if tasks is not None else train_set.tasks)
     by_name = {t.name: t for t in tasks}
-    combos = task_combinations([t.name for t in tasks], max_aux)
-    cfg = dict(seed=seed, lr=lr, batch_size=batch_size, device=device, progress=progress, max_batches=max_batches)
-    loader = list(DataLoader(test_set, batch_size=eval_batch_size, shuffle=False))
+    combos = task_combinations([t.name for t in tasks], cfg.max_aux)
+    loader = list(DataLoader(test_set, batch_size=cfg.eval_batch_size, shuffle=False))
     models: dict[frozenset, dict] = {}
     t0 = time.time()
     for main, aux in combos:
@@ -120,30 +152,31 @@ def task_selection_study(train_set: Dataset, test_set: Dataset, tasks: Sequence[
         if key in models:
             continue
         ts = tuple(by_name[n] for n in [t.name for t in tasks] if n in key)
-        target, early = _train(ts, train_set, target_arch, epochs, early_epochs, cfg)
-        surrogate, _ = _train(ts, train_set, surrogate_arch, epochs, None, cfg)
+        target, early = _train(ts, train_set, cfg.target_arch, cfg.early_epochs, cfg)
+        surrogate, _ = _train(ts, train_set, cfg.surrogate_arch, None, cfg)
         models[key] = {"tasks": ts, "target": target, "early": early, "surrogate": surrogate}
-    rows = []
-    for main, aux in combos:
-        m = models[frozenset((main,) + aux)]
-        kw = dict(eps=eps, steps=steps, step_size=step_size, attack=attack, device=device, seed=seed)
-        tv = main_task_vulnerability(m["target"], m["tasks"], main, loader, **kw)
-        ev = main_task_vulnerability(m["early"], m["tasks"], main, loader, **kw)
-        sv = main_task_vulnerability(m["surrogate"], m["tasks"], main, loader, **kw)
-        rows.append({"main": main, "aux": list(aux), "target_v": tv["v"], "early_v": ev["v"], "surrogate_v": sv["v"],
-                     "clean_error": tv["clean_error"], "target_clean_loss": tv["clean_loss"],
-                     "target_adv_loss": tv["adv_loss"]})
+    rows = [_combination_row(models[frozenset((main,) + aux)], main, aux, loader, cfg) for main, aux in combos]
     target = [r["target_v"] for r in rows]
     corr = {}
     for proxy, col in zip(PROXIES, ("early_v", "surrogate_v", "clean_error")):
         r, p = pearson([row[col] for row in rows], target)
         corr[proxy] = {"r": r, "p": p, "n": len(rows)}
+    recorded = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("eval_batch_size", "progress", "max_batches")}
     return {"rows": rows, "correlations": corr, "seconds": round(time.time() - t0, 1),
-            "config": {"target_arch": target_arch, "surrogate_arch": surrogate_arch, "epochs": epochs,
-                       "early_epochs": early_epochs, "max_aux": max_aux, "eps": eps, "steps": steps,
-                       "step_size": step_size, "attack": attack, "batch_size": batch_size, "lr": lr, "seed": seed,
-                       "device": str(device), "train_size": len(train_set), "test_size": len(test_set),
-                       "tasks": [t.name for t in tasks]}}
+            "config": {**recorded, "device": str(cfg.device), "train_size": len(train_set),
+                       "test_size": len(test_set), "tasks": [t.name for t in tasks]}}
+
+
+def _combination_row(models: dict, main: str, aux: tuple, loader, cfg: TaskSelectionConfig) -> dict:
+    """The main task's vulnerability on the target, its early snapshot and the surrogate, and its clean error."""
+    kw = dict(eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, attack=cfg.attack, device=cfg.device,
+              seed=cfg.seed)
+    tv = main_task_vulnerability(models["target"], models["tasks"], main, loader, **kw)
+    ev = main_task_vulnerability(models["early"], models["tasks"], main, loader, **kw)
+    sv = main_task_vulnerability(models["surrogate"], models["tasks"], main, loader, **kw)
+    return {"main": main, "aux": list(aux), "target_v": tv["v"], "early_v": ev["v"], "surrogate_v": sv["v"],
+            "clean_error": tv["clean_error"], "target_clean_loss": tv["clean_loss"], "target_adv_loss": tv["adv_loss"]}
 
 
 def task_selection_markdown(res: dict) -> str:
