@@ -454,36 +454,14 @@ def fit_generator(
     state_path = Path(out_dir) / "fit_state.pt" if out_dir is not None else None
     fingerprint = _fingerprint(cfg, generator)
     if state_path is not None:
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        if state_path.is_file():
-            st = torch.load(state_path, map_location=device, weights_only=True)
-            if _comparable(st.get("fingerprint", "{}")) != _comparable(fingerprint):
-                raise ValueError(f"{state_path}: resume state belongs to a different fit configuration; "
-                                 "use another out_dir or delete it")
-            run.load(st)
-            em_stopped = st.get("done") and (st.get("stopped_early") or run.history and cfg.base == "em" and
-                                             run.history[-1].get("train_acc", 0.0) >= cfg.stop_acc)
-            if em_stopped or run.start_round >= cfg.epochs:
-                return FitResult(rounds=run.start_round, stopped_early=bool(st.get("stopped_early")),
-                                 history=run.history)
+        finished = _resume(run, state_path, fingerprint, device)
+        if finished is not None:
+            return finished
 
     stopped_early = False
     end_round = cfg.epochs if stop_after is None else min(cfg.epochs, run.start_round + int(stop_after))
     for rnd in range(run.start_round, end_round):
-        t0 = time.time()
-        rng = torch.Generator().manual_seed(cfg.seed * 1000003 + rnd)
-        run.set_lr(rnd)
-        if cfg.reinit_every and rnd > 0 and rnd % cfg.reinit_every == 0:
-            run.reinit_surrogates()
-        rec = run.generator_round(rnd, rng)
-        rec["round"] = rnd + 1
-        if cfg.base == "em":
-            if cfg.train_steps:
-                run.surrogate_steps(rnd, rng)
-            if generator.class_tasks:
-                rec["train_acc"] = run.accuracy()
-        rec["seconds"] = round(time.time() - t0, 3)
-        run.history.append(rec)
+        rec = _round(run, rnd)
         if progress:
             tqdm.write(f"[mtlguard fit] round {rnd + 1}/{cfg.epochs}: " + ", ".join(
                 f"{k}={v:.4f}" for k, v in rec.items() if k != "round"))
@@ -499,3 +477,43 @@ def fit_generator(
             break
     generator.eval()
     return FitResult(rounds=len(run.history), stopped_early=stopped_early, history=run.history)
+
+
+def _resume(run: "_Alg1", state_path: Path, fingerprint: str, device) -> FitResult | None:
+    """Load ``state_path`` into ``run`` when it exists (refusing one of another configuration); the finished
+    fit's :class:`FitResult` when nothing is left to do (EM stopped, or every round done), else ``None``."""
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    if not state_path.is_file():
+        return None
+    st = torch.load(state_path, map_location=device, weights_only=True)
+    if _comparable(st.get("fingerprint", "{}")) != _comparable(fingerprint):
+        raise ValueError(f"{state_path}: resume state belongs to a different fit configuration; "
+                         "use another out_dir or delete it")
+    run.load(st)
+    cfg = run.cfg
+    em_stopped = st.get("done") and (st.get("stopped_early") or run.history and cfg.base == "em" and
+                                     run.history[-1].get("train_acc", 0.0) >= cfg.stop_acc)
+    if em_stopped or run.start_round >= cfg.epochs:
+        return FitResult(rounds=run.start_round, stopped_early=bool(st.get("stopped_early")), history=run.history)
+    return None
+
+
+def _round(run: "_Alg1", rnd: int) -> dict:
+    """Alg. 1's round ``rnd``: the generator's steps, then (EM) the surrogates'; returns the round's record
+    (also appended to ``run.history``)."""
+    cfg = run.cfg
+    t0 = time.time()
+    rng = torch.Generator().manual_seed(cfg.seed * 1000003 + rnd)
+    run.set_lr(rnd)
+    if cfg.reinit_every and rnd > 0 and rnd % cfg.reinit_every == 0:
+        run.reinit_surrogates()
+    rec = run.generator_round(rnd, rng)
+    rec["round"] = rnd + 1
+    if cfg.base == "em":
+        if cfg.train_steps:
+            run.surrogate_steps(rnd, rng)
+        if run.gen.class_tasks:
+            rec["train_acc"] = run.accuracy()
+    rec["seconds"] = round(time.time() - t0, 3)
+    run.history.append(rec)
+    return rec
