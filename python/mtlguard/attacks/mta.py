@@ -93,7 +93,41 @@ def scale_to_ball(v: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tens
     return v * scale.reshape((-1,) + (1,) * (v.dim() - 1))
 
 
-class MTAGenerator(nn.Module):
+class _SavedPerturbations:
+    """What the MTA and GAP generators share: per-task perturbations and adversarial images from
+    ``forward(x) -> (v_1, ..., v_M)``, and weights saved as safetensors next to a JSON config."""
+
+    def perturbations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{task: v_t}``."""
+        return dict(zip(self.task_names, self.forward(x)))
+
+    def adversarial(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{task: clamp(x + v_t, 0, 1)}``."""
+        return {n: (x + v).clamp(0, 1) for n, v in self.perturbations(x).items()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights to ``path`` (safetensors) + ``path.json`` (config); both written atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write(path, lambda p: save_file(state, str(p)))
+        atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(self.config(), indent=2))
+
+
+def _read_saved(path: str | os.PathLike, map_location: str) -> tuple[dict, dict]:
+    """``(config, weights)`` of a generator saved by :meth:`_SavedPerturbations.save`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_path = path.with_suffix(path.suffix + ".json")
+    if not path.is_file() or not cfg_path.is_file():
+        raise FileNotFoundError(f"MTA generator {path} (and its config {cfg_path}) not found")
+    return json.loads(cfg_path.read_text()), load_file(str(path), device=map_location)
+
+
+class MTAGenerator(_SavedPerturbations, nn.Module):
     """Shared-encoder, per-task-decoder perturbation generator (MTA Fig. 2).
 
     Args:
@@ -176,40 +210,16 @@ class MTAGenerator(nn.Module):
             outs.append(v.expand_as(x) if x is not None else v)
         return tuple(outs)
 
-    def perturbations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(self.task_names, self.forward(x)))
-
-    def adversarial(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{task: clamp(x + v_t, 0, 1)}``."""
-        return {n: (x + v).clamp(0, 1) for n, v in self.perturbations(x).items()}
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Weights to ``path`` (safetensors) + ``path.json`` (config); both written atomically."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(path, lambda p: save_file(state, str(p)))
-        atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(self.config(), indent=2))
-
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> "MTAGenerator":
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        cfg_path = path.with_suffix(path.suffix + ".json")
-        if not path.is_file() or not cfg_path.is_file():
-            raise FileNotFoundError(f"MTA generator {path} (and its config {cfg_path}) not found")
-        cfg = json.loads(cfg_path.read_text())
+        cfg, state = _read_saved(path, map_location)
         cfg.setdefault("output", "linear")  # generators saved before the option had no tanh head
         gen = cls(**cfg)
-        gen.load_state_dict(load_file(str(path), device=map_location))
+        gen.load_state_dict(state)
         return gen
 
 
-class GAPGenerator(nn.Module):
+class GAPGenerator(_SavedPerturbations, nn.Module):
     """GAP baseline (Poursaeed et al. 2018): one independent single-task ResNet generator per task.
 
     Same interface as :class:`MTAGenerator` (``task_names``, ``eps``, ``norm``, ``mode``, ``forward``,
@@ -239,31 +249,12 @@ class GAPGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(g(x)[0] for g in self.generators)
 
-    def perturbations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(self.task_names, self.forward(x)))
-
-    def adversarial(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {n: (x + v).clamp(0, 1) for n, v in self.perturbations(x).items()}
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Weights (safetensors) + ``path.json`` (config with ``"kind": "gap"``), atomically."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(path, lambda p: save_file(state, str(p)))
-        atomic_write_text(path.with_suffix(path.suffix + ".json"), json.dumps(self.config(), indent=2))
-
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> "GAPGenerator":
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        cfg = json.loads(path.with_suffix(path.suffix + ".json").read_text())
+        cfg, state = _read_saved(path, map_location)
         cfg.pop("kind", None)
         gen = cls(**cfg)
-        gen.load_state_dict(load_file(str(path), device=map_location))
+        gen.load_state_dict(state)
         return gen
 
 
