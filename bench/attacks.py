@@ -22,33 +22,16 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from _machine import cpu_model, git_commit  # noqa: E402  (bench/_machine.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"3": 1.8, "10": 3.0}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _sync(device: str) -> None:
@@ -209,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(),
         "machine_shared": "yes: other jobs (model training) ran on the same 2 cores; see loadavg" if not cuda else None,
         "loadavg_at_start_and_end": None,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
                      "mtlguard": mtlguard.__version__},
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "op_backend": ops.backend_info(),
         "model": "ResNet-18 HPS (mtlguard.models.build_model, imagenet stem), one head per task, eval mode",
         "attack": f"PGD, GB-MTA aggregation, eps 8/255, {steps} steps, seed 0",

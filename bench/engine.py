@@ -39,7 +39,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -49,15 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+from _machine import cpu_model  # noqa: E402  (bench/_machine.py)
 
 
 def _load() -> list[float]:
@@ -380,7 +371,7 @@ def main(argv=None) -> int:
         res["png_options"] = png_options(files, be, gen.eps)
     out = {
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-        "device": {"kind": args.device, "cpu": _cpu_name(), "logical_cores": os.cpu_count(),
+        "device": {"kind": args.device, "cpu": cpu_model(), "logical_cores": os.cpu_count(),
                    **({"gpu": torch.cuda.get_device_name(0)} if args.device == "cuda" else {}),
                    "loadavg_start": load0, "loadavg_end": _load(),
                    "note": "shared machine: other users' jobs ran alongside; see each run's loadavg and the CPU ms/img"},
@@ -645,7 +636,7 @@ def photos_main(args, argv) -> int:
                 for r in [v[k]]), default=None)
     report = {
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-        "device": {"kind": args.device, "cpu": _cpu_name(), "logical_cores": os.cpu_count(),
+        "device": {"kind": args.device, "cpu": cpu_model(), "logical_cores": os.cpu_count(),
                    "loadavg_start": load0, "loadavg_end": _load(),
                    "note": "shared machine: other users' jobs (model training) ran alongside; see each run's loadavg"},
         "versions": _versions(),

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import _cpu_name, _load, _timed, _versions  # noqa: E402  (bench/engine.py helpers)
+from _machine import cpu_model  # noqa: E402  (bench/_machine.py)
+from engine import _load, _timed, _versions  # noqa: E402  (bench/engine.py helpers)
 
 GOAL_DEFAULT_OVER_TORCH = 1.5
 GOAL_C_OVER_BOUND = 0.9
@@ -372,7 +373,7 @@ def main(argv=None) -> int:
     r = ratios(med, cpu, threads)
     report = {
         "command": "python " + " ".join(sys.argv),
-        "device": {"kind": "cpu", "cpu": _cpu_name(), "logical_cores": __import__("os").cpu_count(),
+        "device": {"kind": "cpu", "cpu": cpu_model(), "logical_cores": __import__("os").cpu_count(),
                    "loadavg_start": load0, "loadavg_end": _load(), "shared_machine": True,
                    "note": "a long training job held the cores during this run (loadavg); ratios measured side by "
                            "side (interleaved, rotated order) in this one run"},

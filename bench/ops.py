@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,29 +31,13 @@ from typing import Callable
 
 import torch
 
+from _machine import cpu_model, git_commit  # noqa: E402  (bench/_machine.py)
+
 import mtlguard
 from mtlguard import ops
 from mtlguard.ops import reference as R
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _time_ms(fn: Callable[[], object], device: str, warmup: int, repeats: int, stat=statistics.median) -> float:
@@ -278,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(),
         "machine_shared": ("yes: other jobs (model training) ran on the same cores; read noisy rows with loadavg"
                            if device == "cpu" else None),
@@ -289,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "mtlguard": mtlguard.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "backend": info,
         "warmup": args.warmup,
         "repeats": repeats,
