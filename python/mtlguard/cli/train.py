@@ -110,34 +110,53 @@ def _load(args, split: str, subset: int | None):
     return ds
 
 
+def _task_weights(args) -> dict | None:
+    """``--task-weights`` as ``{task: weight}`` (LS only); a bad value exits with one line."""
+    from ..weighting.ls import parse_task_weights
+
+    if not args.task_weights:
+        return None
+    if args.weighting.lower() not in ("ls", "ew", "equal"):
+        raise SystemExit(f"--task-weights: only for --weighting ls (got --weighting {args.weighting})")
+    try:
+        return parse_task_weights(args.task_weights)
+    except ValueError as e:
+        raise SystemExit(f"--task-weights: {e}") from None
+
+
+def _train_config(args, tasks, task_weights: dict | None):
+    """The run's :class:`~mtlguard.training.TrainConfig` from the command line."""
+    from ..training import TrainConfig
+
+    wkw = {"alpha": args.fairgrad_alpha} if args.weighting.lower() == "fairgrad" else {}
+    if task_weights is not None:
+        unknown = [k for k in task_weights if k not in [t.name for t in tasks]]
+        if unknown:
+            raise SystemExit(f"--task-weights: unknown task(s) {unknown}; the tasks are {[t.name for t in tasks]}")
+        wkw = {"task_weights": task_weights}
+    return TrainConfig(weighting=args.weighting, weighting_kwargs=wkw, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, schedule=args.schedule, augment=not args.no_augment,
+                       grad_clip=args.grad_clip, seed=args.seed, num_workers=args.num_workers,
+                       eval_every=args.eval_every, progress=not args.no_progress)
+
+
 def run(args) -> int:
     import torch
 
-    from ..data.tasks import select_tasks
-    from ..models import build_model
-    from ..training import Trainer
     from ..atomic import atomic_write_text
+    from ..data.tasks import select_tasks
+    from ..models import build_model, split_arch
+    from ..training import Trainer
     from ..training.trainer import _jsonable
-
     from .options import check_arch, check_data
 
     check_data(args.data)
-    from ..models import split_arch
-    from ..weighting.ls import parse_task_weights
-
     try:
         args.arch, mtl = split_arch(args.arch, args.mtl)  # --arch resnet18/mtan is --arch resnet18 --mtl mtan
     except ValueError as e:
         raise SystemExit(f"--mtl: {e}") from None
     check_arch(args.arch)
-    task_weights = None
-    if args.task_weights:
-        if args.weighting.lower() not in ("ls", "ew", "equal"):
-            raise SystemExit(f"--task-weights: only for --weighting ls (got --weighting {args.weighting})")
-        try:
-            task_weights = parse_task_weights(args.task_weights)
-        except ValueError as e:
-            raise SystemExit(f"--task-weights: {e}") from None
+    task_weights = _task_weights(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -148,32 +167,24 @@ def run(args) -> int:
         tasks = select_tasks(train_set.tasks, names)
     except KeyError as exc:
         raise SystemExit(f"--tasks: {exc.args[0]}") from exc
-    channels = int(train_set[0][0].shape[0])
+    config = _train_config(args, tasks, task_weights)
     torch.manual_seed(args.seed)
     try:
-        model = build_model(tasks, args.arch, in_channels=channels, image_size=args.image_size, stem=args.stem,
-                            mtl=mtl)
+        model = build_model(tasks, args.arch, in_channels=int(train_set[0][0].shape[0]), image_size=args.image_size,
+                            stem=args.stem, mtl=mtl)
     except ValueError as e:
         raise SystemExit(f"--mtl {args.mtl}: {e}") from None
-    wkw = {"alpha": args.fairgrad_alpha} if args.weighting.lower() == "fairgrad" else {}
-    if task_weights is not None:
-        unknown = [k for k in task_weights if k not in [t.name for t in tasks]]
-        if unknown:
-            raise SystemExit(f"--task-weights: unknown task(s) {unknown}; the tasks are {[t.name for t in tasks]}")
-        wkw = {"task_weights": task_weights}
-    trainer = Trainer(model, tasks, train_set, test_set, weighting=args.weighting, weighting_kwargs=wkw,
-                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, schedule=args.schedule,
-                      augment=not args.no_augment, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
-                      out_dir=args.out, resume=args.resume, num_workers=args.num_workers,
-                      eval_every=args.eval_every, progress=not args.no_progress)
+    trainer = Trainer(model, tasks, train_set, test_set, config, device=args.device, out_dir=args.out,
+                      resume=args.resume)
     load_s = time.time() - t0
     initial = trainer.evaluate() if args.eval_before and trainer.start_epoch == 0 else None
     final = trainer.fit()
     result = {
         "command": "mtlguard " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None,
-        "data": args.data, "root": args.root, "test_root": args.test_root, "tasks": [t.name for t in tasks], "arch": args.arch, "stem": args.stem,
-        "mtl": mtl, "task_weights": task_weights, "weighting": args.weighting, "image_size": args.image_size, "epochs": args.epochs, "seed": args.seed,
-        "device": args.device, "threads": torch.get_num_threads(), "batch_size": args.batch_size, "lr": args.lr,
+        "data": args.data, "root": args.root, "test_root": args.test_root, "tasks": [t.name for t in tasks],
+        "arch": args.arch, "stem": args.stem, "mtl": mtl, "task_weights": task_weights, "weighting": args.weighting,
+        "image_size": args.image_size, "epochs": args.epochs, "seed": args.seed, "device": args.device,
+        "threads": torch.get_num_threads(), "batch_size": args.batch_size, "lr": args.lr,
         "train_size": len(train_set), "test_size": len(test_set), "subset": args.subset,
         "test_subset": args.test_subset, "data_load_s": round(load_s, 1),
         "wall_time_s": round(time.time() - t0, 1), "torch": torch.__version__, "initial": initial, "final": final,
