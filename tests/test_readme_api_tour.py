@@ -5,7 +5,7 @@ from mtlguard.attacks import PGD, AutoSAGE, MultiTaskAutoAttack
 from mtlguard.data import UTKFace
 from mtlguard.metrics import adversarial_vulnerability, evaluate
 from mtlguard.models import build_model
-from mtlguard.training import load_model, train
+from mtlguard.training import Trainer, TrainConfig, load_model, train
 from mtlguard.unlearnable import MTLUEGenerator
 
 
@@ -21,6 +21,10 @@ def test_api_tour(utkface_root, tmp_path):
     assert {t.name for t in train_set.tasks} <= set(m1)
     for t in train_set.tasks:
         assert m1[t.name]["accuracy"] == m2[t.name]["accuracy"]
+    cfg = TrainConfig(weighting="uw", epochs=1, batch_size=32, schedule="none")
+    uw = Trainer(build_model(train_set.tasks, arch="resnet18", image_size=32), train_set.tasks, train_set, test_set, cfg,
+                 out_dir=tmp_path / "uw")
+    assert set(uw.fit()) >= {t.name for t in train_set.tasks} and uw.weighting.name.lower() == "uw"
 
     x, y = next(iter(loader))
     atk = PGD(model, train_set.tasks, eps=8 / 255, steps=2, step_size=2 / 255, aggregation="gbmta")
