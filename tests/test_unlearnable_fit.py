@@ -201,6 +201,32 @@ def test_adversarial_surrogate_recipe(native_utk, tmp_path):
     assert cfg["extra"]["recipe"]["surrogate_adv_eps"] == pytest.approx(4 / 255)
 
 
+def test_a_saved_surrogate_trained_with_other_settings_is_refused_not_reused(native_utk, tmp_path):
+    """A surrogate snapshot records what it was trained with; fitting another seed (or subset, member, epochs)
+    into the same folder refuses it with one line naming the differences instead of fitting through a stale
+    model, and the same recipe reuses it untouched."""
+    import dataclasses
+
+    from mtlguard.unlearnable.recipes import GeneratorRecipe, fit_recipe
+
+    recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16, surrogate_archs=("small_cnn",),
+                             surrogate_epochs=1)
+    fit_recipe(recipe, native_utk, tmp_path, progress=False)
+    saved = torch.load(tmp_path / "clean_surrogate.pt", weights_only=True)
+    record = json.loads(saved["trained_with"])
+    assert record["surrogate"] == "small_cnn" and record["seed"] == 0 and record["images"] == len(native_utk)
+    other_seed = dataclasses.replace(recipe, fit=dataclasses.replace(recipe.fit, seed=1))
+    with pytest.raises(ValueError, match=r"clean_surrogate.pt: this surrogate was trained with other settings "
+                                         r"\(seed: 0 -> 1\)"):
+        fit_recipe(other_seed, native_utk, tmp_path, progress=False)
+    longer = dataclasses.replace(recipe, surrogate_epochs=2)
+    with pytest.raises(ValueError, match=r"epochs: 1 -> 2"):
+        fit_recipe(longer, native_utk, tmp_path, progress=False)
+    mtime = (tmp_path / "clean_surrogate.pt").stat().st_mtime_ns
+    fit_recipe(recipe, native_utk, tmp_path, progress=False)  # the same recipe: reused, not retrained
+    assert (tmp_path / "clean_surrogate.pt").stat().st_mtime_ns == mtime
+
+
 def _assert_fit_equals_fit_through(gen, ds, surrogate_files, out):
     """``gen`` (a 1-round TAP recipe fit) equals fit_generator through the (arch, snapshot file) surrogates."""
     from mtlguard.unlearnable.surrogate import build_surrogate

@@ -21,6 +21,8 @@ to 0.00.  Ensembles over architectures and resolutions are measured in fitting's
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,38 +125,66 @@ def _build_surrogates(recipe: GeneratorRecipe, tasks, channels: int, view_size: 
     return out
 
 
-def _clean_snapshots(recipe: GeneratorRecipe, surrogate, train_set, out_dir: Path, device, progress,
-                     name: str = "clean_surrogate.pt") -> list[dict]:
-    path = out_dir / name
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)["snapshots"]
+def _trained_with(recipe: GeneratorRecipe, member: str, train_set, **training) -> dict:
+    """What a surrogate snapshot file is trained with: the member spec, its training settings and the training
+    images (their number and a digest of their names), recorded in the file and compared on reuse."""
+    files = getattr(train_set, "files", None)
+    digest = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()[:16] if files is not None else None
     eot = recipe.fit.eot
-    snaps = train_clean_surrogate(surrogate, train_set.tasks, train_set, epochs=recipe.surrogate_epochs,
-                                  batch_size=recipe.fit.batch_size, seed=recipe.fit.seed, device=device,
-                                  n_snapshots=recipe.sep_checkpoints if recipe.fit.base == "sep" else 1,
-                                  augment=VictimView(eot) if eot is not None else True, progress=progress)
-    # only SEP uses the checkpoint ensemble; TAP keeps the final model (1 file of ~45 MB, not 15)
-    snaps = [{k: v.cpu() for k, v in s.items()} for s in snaps]
-    atomic_write(path, lambda tmp: torch.save({"snapshots": snaps}, tmp))
+    return {"surrogate": member, "images": len(train_set), "image_names_sha256": digest,
+            "batch_size": recipe.fit.batch_size, "victim_views": asdict(eot) if eot is not None else None,
+            **training}
+
+
+def _cached_snapshots(path: Path, trained_with: dict, train) -> list[dict]:
+    """The snapshots saved in ``path``, else ``train()``'s (saved there atomically with ``trained_with``).
+
+    A saved file made with other settings is refused (one line naming them), so a folder reused for another
+    seed, subset or member never fits through a stale surrogate; files written before the record existed are
+    used as they are."""
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if "trained_with" in saved:
+            old = json.loads(saved["trained_with"])
+            new = json.loads(json.dumps(trained_with))
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if diff:
+                detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+                raise ValueError(f"{path}: this surrogate was trained with other settings ({detail}); delete it to "
+                                 "retrain, or fit into another folder")
+        return saved["snapshots"]
+    snaps = [{k: v.cpu() for k, v in s.items()} for s in train()]
+    record = json.dumps(trained_with, sort_keys=True)
+    atomic_write(path, lambda tmp: torch.save({"snapshots": snaps, "trained_with": record}, tmp))
     return snaps
 
 
-def _robust_snapshots(recipe: GeneratorRecipe, surrogate, train_set, out_dir: Path, device, progress,
-                      name: str) -> list[dict]:
+def _clean_snapshots(recipe: GeneratorRecipe, member: str, surrogate, train_set, out_dir: Path, device, progress,
+                     name: str = "clean_surrogate.pt") -> list[dict]:
+    """The clean surrogate's weight snapshots (SEP: ``sep_checkpoints`` of them; TAP keeps the final model:
+    1 file of ~45 MB, not 15), trained once per folder."""
+    eot = recipe.fit.eot
+    n_snapshots = recipe.sep_checkpoints if recipe.fit.base == "sep" else 1
+    trained_with = _trained_with(recipe, member, train_set, epochs=recipe.surrogate_epochs, seed=recipe.fit.seed,
+                                 snapshots=n_snapshots)
+    return _cached_snapshots(out_dir / name, trained_with, lambda: train_clean_surrogate(
+        surrogate, train_set.tasks, train_set, epochs=recipe.surrogate_epochs, batch_size=recipe.fit.batch_size,
+        seed=recipe.fit.seed, device=device, n_snapshots=n_snapshots,
+        augment=VictimView(eot) if eot is not None else True, progress=progress))
+
+
+def _robust_snapshots(recipe: GeneratorRecipe, member: str, surrogate, train_set, out_dir: Path, device,
+                      progress, name: str) -> list[dict]:
     """The clean surrogate fine-tuned with PGD-AT (``surrogate_adv_*``): TAP through a robust model puts
     robust target-class features into the perturbation (what an adversarially trained victim learns)."""
-    path = out_dir / name
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)["snapshots"]
     eot = recipe.fit.eot
-    snaps = train_clean_surrogate(surrogate, train_set.tasks, train_set, epochs=recipe.surrogate_adv_epochs,
-                                  batch_size=recipe.fit.batch_size, seed=recipe.fit.seed + 1, device=device,
-                                  n_snapshots=1, augment=VictimView(eot) if eot is not None else True,
-                                  progress=progress,
-                                  adversarial=(recipe.surrogate_adv_eps, recipe.surrogate_adv_steps))
-    snaps = [{k: v.cpu() for k, v in s.items()} for s in snaps]
-    atomic_write(path, lambda tmp: torch.save({"snapshots": snaps}, tmp))
-    return snaps
+    trained_with = _trained_with(recipe, member, train_set, epochs=recipe.surrogate_adv_epochs,
+                                 seed=recipe.fit.seed + 1, from_clean_epochs=recipe.surrogate_epochs,
+                                 pgd=[recipe.surrogate_adv_eps, recipe.surrogate_adv_steps])
+    return _cached_snapshots(out_dir / name, trained_with, lambda: train_clean_surrogate(
+        surrogate, train_set.tasks, train_set, epochs=recipe.surrogate_adv_epochs, batch_size=recipe.fit.batch_size,
+        seed=recipe.fit.seed + 1, device=device, n_snapshots=1, augment=VictimView(eot) if eot is not None else True,
+        progress=progress, adversarial=(recipe.surrogate_adv_eps, recipe.surrogate_adv_steps)))
 
 
 def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, device: str = "cpu",
@@ -175,10 +205,11 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
     if recipe.fit.base != "em":  # clean-trained, frozen surrogates (TAP: one per architecture)
         for i, (arch, sur) in enumerate(zip(recipe.surrogate_archs, surs)):
             name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{surrogate_spec(arch).file_tag}.pt"
-            arch_snaps = _clean_snapshots(recipe, sur, train_set, out, device, progress, name)
+            arch_snaps = _clean_snapshots(recipe, arch, sur, train_set, out, device, progress, name)
             if recipe.surrogate_adv_eps > 0:
                 sur.load_state_dict(arch_snaps[-1])  # the PGD-AT fine-tune starts from the clean model
-                adv_snaps = _robust_snapshots(recipe, sur, train_set, out, device, progress, f"robust_{name}")
+                adv_snaps = _robust_snapshots(recipe, arch, sur, train_set, out, device, progress,
+                                              f"robust_{name}")
                 adv_name = f"{arch} (PGD-AT {recipe.surrogate_adv_eps * 255:g}/255)"
                 if recipe.surrogate_adv_mix:  # L_b = mean over {clean, robust}: both kinds of victim
                     robust.append(copy.deepcopy(sur))
