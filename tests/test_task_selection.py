@@ -47,3 +47,5 @@ def test_main_task_vulnerability_single_attack_raises_the_main_loss():
                                                                       rel=1e-4)
     with pytest.raises(ValueError, match="attack"):
         task_selection_study(ds, ds, attack="both")
+    with pytest.raises(TypeError, match=r"unknown TaskSelectionConfig option\(s\) \['max_auxes'\]; known: .*max_aux"):
+        task_selection_study(ds, ds, max_auxes=1)

@@ -149,7 +149,7 @@ def test_train_config_checks_its_options_and_the_trainer_takes_them_whole_or_one
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
         TrainConfig(schedule="cosine")
-    with pytest.raises(TypeError, match=r"unknown training option\(s\) \['epoch'\]"):
+    with pytest.raises(TypeError, match=r"unknown TrainConfig option\(s\) \['epoch'\]"):
         TrainConfig.with_options(epoch=3)
     cfg = TrainConfig(epochs=4, batch_size=8, schedule="step", step_size=1, gamma=0.5, augment=False, progress=False)
     tr = Trainer(build_model(TASKS, "small_cnn", image_size=16), TASKS, TinyScenes(16), config=cfg, lr=2e-3)

@@ -290,6 +290,34 @@ def test_tap_recipe_over_architectures_fits_through_each_clean_surrogate(native_
     assert res.rounds == 2 and [f.stat().st_mtime_ns for f in files] == stamps  # extended; surrogates reused
 
 
+def test_surrogate_file_names_give_each_repeated_member_its_own_file():
+    from mtlguard.unlearnable.recipes import surrogate_file_names
+
+    assert surrogate_file_names(["resnet18", "resnet18", "resnet18", "resnet18:gray", "resnet18:gray"]) == [
+        "clean_surrogate.pt", "clean_surrogate_resnet18.pt", "clean_surrogate_resnet18_2.pt",
+        "clean_surrogate_resnet18_gray.pt", "clean_surrogate_resnet18_gray_2.pt"]
+    # the names folders fitted before repeats were numbered keep (their saved surrogates are reused)
+    assert surrogate_file_names(["resnet18", "resnet18", "resnet18:gray"]) == [
+        "clean_surrogate.pt", "clean_surrogate_resnet18.pt", "clean_surrogate_resnet18_gray.pt"]
+
+
+def test_three_identical_members_are_three_differently_initialised_surrogates(native_utk, tmp_path):
+    """Three ``small_cnn`` members: three files, three different trained models (each its own initialisation),
+    so a repeated member adds a model to L_b's average instead of reusing another's file."""
+    from mtlguard.unlearnable.recipes import GeneratorRecipe, fit_recipe
+
+    recipe = GeneratorRecipe(fit=_robust_cfg(base="tap", epochs=1), gen_size=16,
+                             surrogate_archs=("small_cnn",) * 3, surrogate_epochs=1)
+    fit_recipe(recipe, native_utk, tmp_path / "rep", progress=False)
+    files = [tmp_path / "rep" / n for n in ("clean_surrogate.pt", "clean_surrogate_small_cnn.pt",
+                                            "clean_surrogate_small_cnn_2.pt")]
+    weights = [torch.load(f, weights_only=True)["snapshots"][-1] for f in files]
+    first = next(iter(weights[0]))
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not torch.equal(weights[a][first], weights[b][first]), (files[a].name, files[b].name)
+
+
 def test_surrogate_at_its_own_resolution_sees_every_input_resized(native_utk, tmp_path):
     """``ARCH@SIZE``: that surrogate gets every input resized to SIZE (antialiased, as a victim's loader does) in
     its clean training and in the fit, with the plain architecture's weight names; a bad size is refused before

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.tasks import TaskSpec, validate_tasks
 from ..metrics import pearson, relative_task_vulnerability
 from ..models.losses import task_loss
+from ..options import with_overrides
 
 PROXIES = ("early_stopping", "surrogate_encoder", "clean_performance")
 
@@ -140,7 +141,7 @@ def task_selection_study(train_set: Dataset, test_set: Dataset, tasks: Sequence[
     "aux", "target_v", "early_v", "surrogate_v", "clean_error", ...}], "correlations": {proxy: {"r", "p", "n"}},
     "config": {...}}``.
     """
-    cfg = dataclasses.replace(config or TaskSelectionConfig(), **options)
+    cfg = with_overrides(TaskSelectionConfig, config, **options)
     tasks = validate_tasks(tasks if tasks is not None else train_set.tasks)
     by_name = {t.name: t for t in tasks}
     combos = task_combinations([t.name for t in tasks], cfg.max_aux)

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from ..options import with_overrides
+
 SCHEDULES = ("multistep", "step", "none")
 
 
@@ -71,11 +73,7 @@ class TrainConfig:
     def with_options(cls, base: "TrainConfig | None" = None, **options) -> "TrainConfig":
         """``base`` (default: the defaults) with ``options`` replaced; an unknown option is a ``TypeError``
         naming it and the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise TypeError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(base, **options) if base is not None else cls(**options)
+        return with_overrides(cls, base, **options)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):

@@ -125,6 +125,22 @@ def _build_surrogates(recipe: GeneratorRecipe, tasks, channels: int, view_size: 
     return out
 
 
+def surrogate_file_names(specs) -> list[str]:
+    """Each member's snapshot file: ``clean_surrogate.pt`` for the first, ``clean_surrogate_<tag>.pt`` for the
+    others, and ``clean_surrogate_<tag>_<k>.pt`` for the k-th repeat of a tag already used (three ``resnet18``
+    members -> ``clean_surrogate.pt``, ``clean_surrogate_resnet18.pt``, ``clean_surrogate_resnet18_2.pt``), so
+    two members never share one file."""
+    names: list[str] = []
+    for i, spec in enumerate(specs):
+        tag = surrogate_spec(spec).file_tag
+        name, k = ("clean_surrogate.pt" if i == 0 else f"clean_surrogate_{tag}.pt"), 1
+        while name in names:
+            k += 1
+            name = f"clean_surrogate_{tag}_{k}.pt"
+        names.append(name)
+    return names
+
+
 def _trained_with(recipe: GeneratorRecipe, member: str, train_set, **training) -> dict:
     """What a surrogate snapshot file is trained with: the member spec, its training settings and the training
     images (their number and a digest of their names), recorded in the file and compared on reuse."""
@@ -203,8 +219,7 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
     surs = _build_surrogates(recipe, train_set.tasks, channels, view_size)
     names, snaps, robust, robust_names = list(recipe.surrogate_archs), None, [], []
     if recipe.fit.base != "em":  # clean-trained, frozen surrogates (TAP: one per architecture)
-        for i, (arch, sur) in enumerate(zip(recipe.surrogate_archs, surs)):
-            name = "clean_surrogate.pt" if i == 0 else f"clean_surrogate_{surrogate_spec(arch).file_tag}.pt"
+        for arch, sur, name in zip(recipe.surrogate_archs, surs, surrogate_file_names(recipe.surrogate_archs)):
             arch_snaps = _clean_snapshots(recipe, arch, sur, train_set, out, device, progress, name)
             if recipe.surrogate_adv_eps > 0:
                 sur.load_state_dict(arch_snaps[-1])  # the PGD-AT fine-tune starts from the clean model
