@@ -139,21 +139,14 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = model.to(self.device)
         self.train_set, self.test_set = train_set, test_set
-        self.epochs, self.lr, self.batch_size, self.seed = int(cfg.epochs), float(cfg.lr), int(cfg.batch_size), \
-            int(cfg.seed)
-        self.augment, self.flip, self.grad_clip, self.crop_padding = (cfg.augment, cfg.flip, cfg.grad_clip,
-                                                                      cfg.crop_padding)
-        self.num_workers, self.eval_every, self.max_batches = (cfg.num_workers, max(1, int(cfg.eval_every)),
-                                                               cfg.max_batches)
         self.eval_batch_size = cfg.eval_batch_size or cfg.batch_size
-        self.progress = cfg.progress
         self.transform, self.eval_transform, self.perturb = transform, eval_transform, perturb
         names = [t.name for t in self.tasks]
         self.weighting = (cfg.weighting if isinstance(cfg.weighting, Weighting)
                           else build_weighting(cfg.weighting, names, **(cfg.weighting_kwargs or {})))
         self.weighting.to(self.device)
         params = list(self.model.parameters()) + list(self.weighting.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.amp_dtype = None
         if cfg.amp and self.device.type == "cuda":
@@ -177,11 +170,11 @@ class Trainer:
         cfg = self.cfg
         return {
             "tasks": [t.name for t in self.tasks], "weighting": self.weighting.name,
-            "weighting_kwargs": cfg.weighting_kwargs or {}, "epochs": self.epochs, "lr": self.lr,
-            "batch_size": self.batch_size, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
+            "weighting_kwargs": cfg.weighting_kwargs or {}, "epochs": cfg.epochs, "lr": cfg.lr,
+            "batch_size": cfg.batch_size, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
             "milestones": list(cfg.milestones), "gamma": cfg.gamma, "step_size": cfg.step_size,
             "augment": cfg.augment, "crop_padding": cfg.crop_padding, "flip": cfg.flip, "amp": str(self.amp_dtype),
-            "grad_clip": cfg.grad_clip, "seed": self.seed, "device": str(self.device), "max_batches": cfg.max_batches,
+            "grad_clip": cfg.grad_clip, "seed": cfg.seed, "device": str(self.device), "max_batches": cfg.max_batches,
             "train_size": len(train_set), "test_size": len(test_set) if test_set is not None else 0,
             "perturb": getattr(perturb, "__name__", type(perturb).__name__) if perturb else None,
             "transform": getattr(transform, "__name__", type(transform).__name__) if transform else None,
@@ -235,35 +228,38 @@ class Trainer:
     def _loader(self, epoch: int, gen: torch.Generator) -> DataLoader:
         n = len(self.train_set)
         order = torch.randperm(n, generator=gen).tolist()
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=order, num_workers=self.num_workers,
-                          drop_last=n > self.batch_size, pin_memory=self.device.type == "cuda")
+        cfg = self.cfg
+        return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.num_workers,
+                          drop_last=n > cfg.batch_size, pin_memory=self.device.type == "cuda")
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the training set; returns the epoch record (without test metrics)."""
-        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-        torch.manual_seed(_epoch_seed(self.seed, epoch) + 1)
+        gen = torch.Generator().manual_seed(_epoch_seed(self.cfg.seed, epoch))
+        torch.manual_seed(_epoch_seed(self.cfg.seed, epoch) + 1)
         self.model.train()
         sums = {t.name: 0.0 for t in self.tasks}
         wsums = {t.name: 0.0 for t in self.tasks}
         nb = 0
         loader = self._loader(epoch, gen)
-        total = len(loader) if self.max_batches is None else min(len(loader), self.max_batches)
-        bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, disable=not self.progress)
-        shared = self.model.shared_parameters() if hasattr(self.model, "shared_parameters") else list(self.model.parameters())
+        total = len(loader) if self.cfg.max_batches is None else min(len(loader), self.cfg.max_batches)
+        bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not self.cfg.progress)
+        shared = (self.model.shared_parameters() if hasattr(self.model, "shared_parameters")
+                  else list(self.model.parameters()))
         t0 = time.time()
         for i, (x, y) in enumerate(bar):
-            if self.max_batches is not None and i >= self.max_batches:
+            if self.cfg.max_batches is not None and i >= self.cfg.max_batches:
                 break
             x = x.to(self.device, non_blocking=True)
             y = {t.name: y[t.name].to(self.device, non_blocking=True) for t in self.tasks}
             if self.transform is not None:
                 x = self.transform(x)
-            if self.augment:
-                pad = self.crop_padding if self.crop_padding is not None else x.shape[-2] // 8
-                x, y = random_crop_flip(x, y, self.tasks, pad, self.flip, gen)
+            if self.cfg.augment:
+                pad = self.cfg.crop_padding if self.cfg.crop_padding is not None else x.shape[-2] // 8
+                x, y = random_crop_flip(x, y, self.tasks, pad, self.cfg.flip, gen)
             if self.perturb is not None:
                 x = self.perturb(self.model, x, y).detach()
                 self.model.train()
@@ -278,8 +274,8 @@ class Trainer:
             weights = self.weighting.backward(losses, shared, scale=scale)
             if self.scaler.is_enabled():
                 self.scaler.unscale_(self.optimizer)
-            if self.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            if self.cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             if self.scaler.is_enabled():
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -297,35 +293,38 @@ class Trainer:
                 "train_loss": {n: s / max(nb, 1) for n, s in sums.items()},
                 "task_weights": {n: s / max(nb, 1) for n, s in wsums.items()},
                 "train_batches": nb, "train_time_s": dt,
-                "train_images_per_s": nb * self.batch_size / dt if dt > 0 else None}
+                "train_images_per_s": nb * self.cfg.batch_size / dt if dt > 0 else None}
 
     def evaluate(self, dataset: Dataset | None = None) -> dict:
         ds = dataset if dataset is not None else self.test_set
         if ds is None:
             raise ValueError("no dataset to evaluate")
-        loader = DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+        loader = DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.cfg.num_workers)
         return evaluate(self.model, self.tasks, loader, self.device, amp=self.amp_dtype is not None,
-                        transform=self.eval_transform, progress=self.progress)
+                        transform=self.eval_transform, progress=self.cfg.progress)
 
-    def fit(self) -> dict:
-        """Train from ``start_epoch`` to ``epochs`` (checkpointing every epoch); returns the last test metrics."""
-        for epoch in range(self.start_epoch, self.epochs):
+    def fit(self, until_epoch: int | None = None) -> dict:
+        """Train from ``start_epoch`` to ``config.epochs`` (checkpointing every epoch); returns the last test
+        metrics.  ``until_epoch`` stops earlier, after that epoch (a run resumed later continues as if never
+        stopped: the schedule is the full run's)."""
+        last = self.cfg.epochs if until_epoch is None else min(int(until_epoch), self.cfg.epochs)
+        for epoch in range(self.start_epoch, last):
             t0 = time.time()
             rec = self.train_epoch(epoch)
             self.scheduler.step()
-            if self.test_set is not None and ((epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs):
+            if self.test_set is not None and ((epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs):
                 rec["test"] = self.evaluate()
             rec["epoch_time_s"] = time.time() - t0
             self.history.append(rec)
             self.start_epoch = epoch + 1
             self._save()
-            if self.progress:
+            if self.cfg.progress:
                 msg = " ".join(f"{n}={v:.3f}" for n, v in rec["train_loss"].items())
                 if "test" in rec:
                     msg += " | test " + " ".join(
                         f"{t.name}:{k}={v:.3f}" for t in self.tasks for k, v in rec["test"][t.name].items()
                         if isinstance(v, float) and k in t.metrics)
-                tqdm.write(f"epoch {epoch + 1}/{self.epochs} ({rec['epoch_time_s']:.0f}s) loss {msg}")
+                tqdm.write(f"epoch {epoch + 1}/{self.cfg.epochs} ({rec['epoch_time_s']:.0f}s) loss {msg}")
         return self.history[-1].get("test", {}) if self.history else {}
 
 
