@@ -138,11 +138,9 @@ def _check_work(work: Path, fingerprint: dict, name: str = "deploy_config.json")
 
 def run_deploy(args) -> int:
     from ..unlearnable.cli_common import command_line, load_split
-    from ..unlearnable.deploy import DeployProtocol, method_label, plan_jobs
+    from ..unlearnable.deploy import FITTED, DeployProtocol, method_label, plan_jobs
     from ..unlearnable.deploy_report import write_deploy_report
     from ..unlearnable.evaluation import majority_rates
-
-    from ..unlearnable.deploy import FITTED
 
     cfg = deploy_config(args)
     # a bad fit option is refused here, before a work folder records it (and then refuses the corrected command)
@@ -167,7 +165,8 @@ def run_deploy(args) -> int:
     keys = {j.key for j in planned}
     results = {k: v for k, v in protocol.cached().items() if k in keys}
     tasks = [t.name for t in train_set.tasks]
-    config = {"methods": list(cfg.methods), "headline": cfg.headline_methods(), "victims": list(cfg.victims), "defenses": list(cfg.defenses),
+    config = {"methods": list(cfg.methods), "headline": cfg.headline_methods(), "victims": list(cfg.victims),
+              "defenses": list(cfg.defenses),
               "defense_victim": cfg.defense_victim, "jpeg_victims": list(cfg.jpeg_victims),
               "jpeg_quality": cfg.jpeg_quality, "recipe": cfg.recipe.to_dict(), "eps": cfg.eps, "seed": cfg.seed,
               "device": args.device, "native_size": args.image_size, "train_size": len(train_set),
