@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from mtlguard.attacks import PGD
 from mtlguard.data.tasks import TaskSpec
-from mtlguard.models import (BranchedModel, CrossStitchModel, HPSModel, MTANModel, build_model, load_model,
+from mtlguard.models import (BranchedModel, CrossStitchModel, MTANModel, build_model, load_model,
                              parse_branched, save_model)
 from mtlguard.models.losses import multi_task_losses
 from mtlguard.training import Trainer

@@ -95,7 +95,6 @@ def test_balanced_sign_task_weights_1d_and_many_tasks(device):
 
 
 def _embed_case(gen, dtype, device, b=5, cz=3, e=2, h=4, w=5, sizes=(3, 2, 4)):
-    k = len(sizes)
     offsets = torch.tensor([0] + list(torch.tensor(sizes).cumsum(0)), dtype=torch.int64)
     z = torch.randn(b, cz, h, w, generator=gen).to(dtype).to(device)
     table = torch.randn(int(offsets[-1]), e * h * w, generator=gen).to(dtype).to(device)

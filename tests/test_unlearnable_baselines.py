@@ -1,6 +1,5 @@
 """LSP / AR class-wise patterns with patch and averaging fusion (A.1 geometry, l2 bound) and the
 sample-wise EM / TAP / SEP PGD baselines (L-inf bound, loss decreases)."""
-import math
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Alg. 1 end to end on a few REAL UTKFace images (16x16): EM lowers the surrogate's loss on the
 protected images, TAP lowers the targeted loss, and a fit interrupted after one round resumes to
 exactly the uninterrupted result."""
-import copy
 import json
 
 import pytest

@@ -77,7 +77,6 @@ class EarlyStopPGD(PGD):
         budget = torch.full((b,), self.tau, dtype=torch.long, device=x.device)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         taken = torch.zeros(b, dtype=torch.long, device=x.device)
-        view = (-1,) + (1,) * (x.dim() - 1)
         for k in range(self.steps):
             fooled = self._fooled(x_adv, y, clean)
             stop = fooled & (budget == 0)

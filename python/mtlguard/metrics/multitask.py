@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-import torch
 
 from ..data.tasks import HIGHER_IS_BETTER
 from .vulnerability import relative_task_vulnerability  # noqa: F401  (re-exported; defined with Def. 1 / Thm. 4)

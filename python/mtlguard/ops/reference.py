@@ -121,7 +121,6 @@ def balanced_sign(grads, losses: torch.Tensor, mode: str = "gbmta", weights: tor
 
 def check_labels(labels: torch.Tensor, offsets: torch.Tensor, task_names: Sequence[str] | None = None) -> None:
     """Raise IndexError naming the task and value of the first label outside [-1, C_k)."""
-    k = labels.shape[1]
     sizes = (offsets[1:] - offsets[:-1]).to(labels.device)
     bad = (labels < -1) | (labels >= sizes[None, :])
     if bool(bad.any()):

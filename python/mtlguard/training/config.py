@@ -6,7 +6,6 @@ Defaults follow MTL-UE A.2 for CelebA / ChestX-ray14 / UTKFace: Adam, lr 1e-3, M
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 

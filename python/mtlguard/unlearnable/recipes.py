@@ -219,7 +219,8 @@ def fit_recipe(recipe: GeneratorRecipe, train_set, out_dir: str | os.PathLike, d
     surs = _build_surrogates(recipe, train_set.tasks, channels, view_size)
     names, snaps, robust, robust_names = list(recipe.surrogate_archs), None, [], []
     if recipe.fit.base != "em":  # clean-trained, frozen surrogates (TAP: one per architecture)
-        for arch, sur, name in zip(recipe.surrogate_archs, surs, surrogate_file_names(recipe.surrogate_archs)):
+        for i, (arch, sur, name) in enumerate(zip(recipe.surrogate_archs, surs,
+                                                  surrogate_file_names(recipe.surrogate_archs))):
             arch_snaps = _clean_snapshots(recipe, arch, sur, train_set, out, device, progress, name)
             if recipe.surrogate_adv_eps > 0:
                 sur.load_state_dict(arch_snaps[-1])  # the PGD-AT fine-tune starts from the clean model

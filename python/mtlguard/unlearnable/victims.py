@@ -26,7 +26,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.tasks import TaskSpec
 from ..models.losses import task_loss
