@@ -97,6 +97,27 @@ def test_summarize_pr_and_worst_task():
     assert f"| g | {0.25 / 0.3:.2f}±{np.std([1.0, 2 / 3]):.2f} / **0.50±0.25** | 0.50 (standard) |" in table
 
 
+def test_tradeoff_points_and_plot(tmp_path):
+    """One point per generator: its worst victim under standard training, its worst defense; generators with
+    either missing are left out, and under 2 points no figure is written."""
+    from mtlguard.unlearnable.deploy_report import tradeoff_plot, tradeoff_points
+
+    def row(method, defense, victim, worst, output="png"):
+        return {"method": method, "defense": defense, "victim": victim, "output": output, "worst_pr": worst}
+    rows = [row("g1", "standard", "v@32", 0.95), row("g1", "standard", "v@64", 0.8),
+            row("g1", "grayscale", "v@32", 0.4),
+            row("g1", "at", "v@32", 0.1), row("g1", "standard", "v@32", -1.0, output="jpeg90"),
+            row("g2", "standard", "v@32", 1.2), row("g2", "grayscale", "v@32", 0.7),
+            row("g3", "standard", "v@32", 1.0)]  # g3: no defense column
+    points = tradeoff_points(rows, "v@32", ["standard", "grayscale", "at"])
+    assert points == {"g1": (0.8, 0.1), "g2": (1.2, 0.7)}
+    assert tradeoff_points(rows, "v@32", ["standard", "grayscale"])["g1"] == (0.8, 0.4)  # only the listed defenses
+    assert tradeoff_plot(rows[:5], "v@32", ["standard", "grayscale", "at"], tmp_path / "one.png") is None
+    assert not (tmp_path / "one.png").exists()
+    path = tradeoff_plot(rows, "v@32", ["standard", "grayscale", "at"], tmp_path / "two.png")
+    assert path == tmp_path / "two.png" and Image.open(path).size[0] > 300
+
+
 def test_defenses_and_training_time_options_run(utkface_root, tmp_path):
     from mtlguard.data.utkface import UTKFace
 
@@ -149,6 +170,7 @@ def test_deploy_cli_end_to_end_and_resume(utkface_root, tmp_path, capsys):
     defense_rows = md.split("## Defenses (small_cnn@16)")[1].split("##")[0]
     assert "| gen:gen | n/a" in defense_rows  # the seeded defense victim's table has its row (tiny victims: n/a)
     assert (tmp_path / "rep" / "dep.png").stat().st_size > 1000
+    assert not (tmp_path / "rep" / "dep_tradeoff.png").exists()  # one generator: no trade-off to plot
     # the engine wrote PNGs within the bound, next to copies of the inputs (the dataset folder untouched)
     pngs = sorted((tmp_path / "work" / "engine" / "gen_gen_png").rglob("*.png"))
     assert len(pngs) == 24

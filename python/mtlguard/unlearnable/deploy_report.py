@@ -163,6 +163,50 @@ def heatmap(rows: Sequence[dict], victims: Sequence[str], defense_victim: str, d
         plt.close(fig)
 
 
+def tradeoff_points(rows: Sequence[dict], defense_victim: str, defenses: Sequence[str],
+                    output: str = "png") -> dict[str, tuple[float, float]]:
+    """``{method: (x, y)}``: x = the worst-task PR under standard training over every victim measured, y = the
+    worst-task PR over ``defenses`` other than standard on ``defense_victim``; methods missing either are left
+    out.  The two numbers the goals are stated in (standard >= 0.9 on every victim, >= 0.6 behind every cheap
+    defense), one point per generator."""
+    std: dict[str, float] = {}
+    for r in rows:
+        if r["defense"] == "standard" and r["output"] == output:
+            std[r["method"]] = min(std.get(r["method"], np.inf), r["worst_pr"])
+    behind = {m: min(cells[d]["worst_pr"] for d in cells if d != "standard")
+              for m, cells in defense_matrix(rows, defense_victim, defenses, output).items()
+              if any(d != "standard" for d in cells)}
+    return {m: (std[m], behind[m]) for m in std if m in behind}
+
+
+def tradeoff_plot(rows: Sequence[dict], defense_victim: str, defenses: Sequence[str], path: str | os.PathLike,
+                  label=str, goals: tuple[float, float] = (0.9, 0.6)) -> Path | None:
+    """Scatter of :func:`tradeoff_points` with the goal lines; ``None`` (nothing written) with under 2 points."""
+    points = tradeoff_points(rows, defense_victim, defenses)
+    if len(points) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    xs, ys = zip(*points.values())
+    ax.scatter(xs, ys, s=18, color="tab:blue", zorder=3)
+    for m, (x, y) in points.items():
+        ax.annotate(label(m), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axvline(goals[0], color="tab:green", ls="--", lw=1, label=f"standard goal {goals[0]:g}")
+    ax.axhline(goals[1], color="tab:orange", ls="--", lw=1, label=f"defense goal {goals[1]:g}")
+    ax.set_xlabel("worst-task PR under standard training, worst victim")
+    ax.set_ylabel(f"worst-task PR behind the defenses ({defense_victim}), worst defense")
+    ax.set_title("protection trade-off: one point per generator (up and right is better)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
 def _victim_threads(results: Mapping[str, dict]) -> str:
     """``"2 CPU threads"``: what the victim runs recorded; runs made before they recorded it are not counted
     (then the count is this process's, said so)."""
@@ -198,6 +242,8 @@ def write_deploy_report(results: Mapping[str, dict], *, tasks: Sequence[str], ma
     atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1, default=float))
     defense_victim = _strip_seeds(config["defense_victim"])  # results are keyed without the xN seed count
     png = heatmap(rows, victims, defense_victim, config["defenses"], stem.with_suffix(".png"), label)
+    tradeoff = tradeoff_plot(rows, defense_victim, config["defenses"], stem.with_name(stem.name + "_tradeoff.png"),
+                             label)
     rec = config["recipe"]
     md = [f"# Deployment-protocol protection report ({', '.join(tasks)})", "",
           f"Command: `{command}`", "",
@@ -218,9 +264,12 @@ def write_deploy_report(results: Mapping[str, dict], *, tasks: Sequence[str], ma
     if jpeg_rows:
         md += [f"## Engine output as JPEG (quality {config['jpeg_quality']})", "",
                victim_table(rows, tasks, output=f"jpeg{config['jpeg_quality']}", label=label), ""]
-    md += [f"Heatmaps of the worst-task PR: `{png.name}`.", "", extra_md]
+    md += [f"Heatmaps of the worst-task PR: `{png.name}`."
+           + (f"  Trade-off (worst victim under standard training vs worst defense, one point per generator): "
+              f"`{tradeoff.name}`." if tradeoff is not None else ""), "", extra_md]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
-    return {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": png}
+    return {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": png,
+            **({"tradeoff_png": tradeoff} if tradeoff is not None else {})}
 
 
 def _strip_seeds(victim: str) -> str:
