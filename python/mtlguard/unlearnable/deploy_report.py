@@ -167,8 +167,8 @@ def tradeoff_points(rows: Sequence[dict], defense_victim: str, defenses: Sequenc
                     output: str = "png") -> dict[str, tuple[float, float]]:
     """``{method: (x, y)}``: x = the worst-task PR under standard training over every victim measured, y = the
     worst-task PR over ``defenses`` other than standard on ``defense_victim``; methods missing either are left
-    out.  The two numbers the goals are stated in (standard >= 0.9 on every victim, >= 0.6 behind every cheap
-    defense), one point per generator."""
+    out.  The numbers the goals are stated in (standard >= 0.9 on every victim, >= 0.6 behind every cheap
+    defense, >= 0.3 under PGD-AT), one point per generator."""
     std: dict[str, float] = {}
     for r in rows:
         if r["defense"] == "standard" and r["output"] == output:
@@ -180,27 +180,35 @@ def tradeoff_points(rows: Sequence[dict], defense_victim: str, defenses: Sequenc
 
 
 def tradeoff_plot(rows: Sequence[dict], defense_victim: str, defenses: Sequence[str], path: str | os.PathLike,
-                  label=str, goals: tuple[float, float] = (0.9, 0.6)) -> Path | None:
-    """Scatter of :func:`tradeoff_points` with the goal lines; ``None`` (nothing written) with under 2 points."""
-    points = tradeoff_points(rows, defense_victim, defenses)
-    if len(points) < 2:
+                  label=str, goals: tuple[float, float, float] = (0.9, 0.6, 0.3)) -> Path | None:
+    """Scatter of :func:`tradeoff_points` with the goal lines: one panel for the cheap defenses (every column but
+    standard and PGD-AT; goal ``goals[1]``), one for PGD-AT (``goals[2]``); ``None`` (nothing written) when no
+    panel has 2 points."""
+    cheap = [d for d in defenses if d not in ("standard", "at")]
+    panels = [(title, goal, tradeoff_points(rows, defense_victim, ["standard", *cols]))
+              for title, goal, cols in ((f"worst cheap defense ({', '.join(cheap)})", goals[1], cheap),
+                                        ("PGD-AT", goals[2], ["at"] if "at" in defenses else []))
+              if cols]
+    panels = [p for p in panels if len(p[2]) >= 2]
+    if not panels:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5.5))
-    xs, ys = zip(*points.values())
-    ax.scatter(xs, ys, s=18, color="tab:blue", zorder=3)
-    for m, (x, y) in points.items():
-        ax.annotate(label(m), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.axvline(goals[0], color="tab:green", ls="--", lw=1, label=f"standard goal {goals[0]:g}")
-    ax.axhline(goals[1], color="tab:orange", ls="--", lw=1, label=f"defense goal {goals[1]:g}")
-    ax.set_xlabel("worst-task PR under standard training, worst victim")
-    ax.set_ylabel(f"worst-task PR behind the defenses ({defense_victim}), worst defense")
-    ax.set_title("protection trade-off: one point per generator (up and right is better)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
+    for ax, (title, goal, points) in zip(axes[0], panels):
+        xs, ys = zip(*points.values())
+        ax.scatter(xs, ys, s=18, color="tab:blue", zorder=3)
+        for m, (x, y) in points.items():
+            ax.annotate(label(m), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.axvline(goals[0], color="tab:green", ls="--", lw=1, label=f"standard goal {goals[0]:g}")
+        ax.axhline(goal, color="tab:orange", ls="--", lw=1, label=f"goal {goal:g}")
+        ax.set_xlabel("worst-task PR under standard training, worst victim")
+        ax.set_ylabel(f"worst-task PR, {title} ({defense_victim})", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("protection trade-off, one point per generator (up and right is better)", fontsize=9)
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"))
     finally:
