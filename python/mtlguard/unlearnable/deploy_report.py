@@ -205,7 +205,7 @@ def tradeoff_plot(rows: Sequence[dict], defense_victim: str, defenses: Sequence[
             ax.annotate(label(m), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.axvline(goals[0], color="tab:green", ls="--", lw=1, label=f"standard goal {goals[0]:g}")
         ax.axhline(goal, color="tab:orange", ls="--", lw=1, label=f"goal {goal:g}")
-        ax.set_xlabel("worst-task PR under standard training, worst victim")
+        ax.set_xlabel("worst-task PR under standard training, worst victim measured")
         ax.set_ylabel(f"worst-task PR, {title} ({defense_victim})", fontsize=8)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("protection trade-off, one point per generator (up and right is better)", fontsize=9)
@@ -273,7 +273,7 @@ def write_deploy_report(results: Mapping[str, dict], *, tasks: Sequence[str], ma
         md += [f"## Engine output as JPEG (quality {config['jpeg_quality']})", "",
                victim_table(rows, tasks, output=f"jpeg{config['jpeg_quality']}", label=label), ""]
     md += [f"Heatmaps of the worst-task PR: `{png.name}`."
-           + (f"  Trade-off (worst victim under standard training vs worst defense, one point per generator): "
+           + (f"  Trade-off (worst victim measured under standard training vs worst defense, one point per generator): "
               f"`{tradeoff.name}`." if tradeoff is not None else ""), "", extra_md]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
     return {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": png,
