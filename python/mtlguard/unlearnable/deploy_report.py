@@ -273,8 +273,8 @@ def write_deploy_report(results: Mapping[str, dict], *, tasks: Sequence[str], ma
         md += [f"## Engine output as JPEG (quality {config['jpeg_quality']})", "",
                victim_table(rows, tasks, output=f"jpeg{config['jpeg_quality']}", label=label), ""]
     md += [f"Heatmaps of the worst-task PR: `{png.name}`."
-           + (f"  Trade-off (worst victim measured under standard training vs worst defense, one point per generator): "
-              f"`{tradeoff.name}`." if tradeoff is not None else ""), "", extra_md]
+           + (f"  Trade-off (worst victim measured under standard training vs worst defense, one point per "
+              f"generator): `{tradeoff.name}`." if tradeoff is not None else ""), "", extra_md]
     atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
     return {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": png,
             **({"tradeoff_png": tradeoff} if tradeoff is not None else {})}
