@@ -22,8 +22,9 @@ import onnxruntime as ort
 import torch
 
 from mtlguard.data import build_dataset
+from mtlguard.unlearnable.eot import LUMA
 
-BT601 = np.array([0.299, 0.587, 0.114], np.float32)[None, :, None, None]
+BT601 = np.array(LUMA, np.float32)[None, :, None, None]  # the weights the fit's grayscale view uses
 
 
 def luma_share(delta: np.ndarray) -> dict:
