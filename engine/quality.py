@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from mtlguard.color import BT601_LUMA
+
 from .imageio import psnr
 
 __all__ = ["psnr", "ssim", "measure", "summarize"]
@@ -39,7 +41,8 @@ def luma(img: np.ndarray) -> np.ndarray:
     if a.ndim == 2 or a.shape[2] == 1:
         return a.reshape(a.shape[0], a.shape[1]).astype(np.float32)
     a = a.astype(np.float32)
-    return a[:, :, 0] * np.float32(0.299) + a[:, :, 1] * np.float32(0.587) + a[:, :, 2] * np.float32(0.114)
+    wr, wg, wb = (np.float32(w) for w in BT601_LUMA)
+    return a[:, :, 0] * wr + a[:, :, 1] * wg + a[:, :, 2] * wb
 
 
 def _reduce(y: np.ndarray, f: int) -> np.ndarray:

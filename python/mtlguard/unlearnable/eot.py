@@ -24,8 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-# ITU-R BT.601 luma weights (Pillow's convert("L"), the ISS grayscale defense)
-LUMA = (0.299, 0.587, 0.114)
+from ..color import BT601_LUMA as LUMA  # Pillow's convert("L"), the ISS grayscale defense
 
 # JPEG Annex K tables (libjpeg's std_luminance_quant_tbl / std_chrominance_quant_tbl), row-major 8x8
 _LUMA_Q = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -122,7 +121,7 @@ def jpeg(x: torch.Tensor, quality: int | torch.Tensor) -> torch.Tensor:
         y = _jpeg_plane(v - 128.0, tl) + 128.0
         return (y[:, :, :h, :w] / 255.0).clamp(0, 1)
     r, g, bl = v[:, 0:1], v[:, 1:2], v[:, 2:3]
-    y = 0.299 * r + 0.587 * g + 0.114 * bl
+    y = LUMA[0] * r + LUMA[1] * g + LUMA[2] * bl
     cb = -0.168736 * r - 0.331264 * g + 0.5 * bl
     cr = 0.5 * r - 0.418688 * g - 0.081312 * bl
     y = _jpeg_plane(y - 128.0, tl) + 128.0

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..color import BT601_LUMA
 from ..data.tasks import TaskSpec
 from .generator import MTLUEGenerator
 from .patterns import ClasswisePatterns
@@ -209,7 +210,7 @@ def iss_grayscale(images: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma, replicated to the image's channels."""
     if images.shape[-1] == 1:
         return images.copy()
-    y = images[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    y = images[..., :3].astype(np.float32) @ np.array(BT601_LUMA, np.float32)
     y = np.clip(np.round(y), 0, 255).astype(np.uint8)
     return np.repeat(y[..., None], images.shape[-1], axis=-1)
 
