@@ -3,9 +3,9 @@
 The question it answers: can a shortcut that grayscale and PGD-AT 4/255 cannot remove protect these faces?
 A luma code (the same value on R, G and B) passes the ISS grayscale defense unchanged (the BT.601 weights sum
 to 1), and at 8/255 its amplitude is twice PGD-AT's 4/255 budget.  Class-wise synthetic codes of this kind
-(LSP / "synthetic noise", Yu et al., KDD 2022, "Availability attacks create shortcuts") are learned by CIFAR
-victims trained with crop-and-flip; this tool builds engine-ready generators that carry one, so the deploy
-protocol can measure it on the engine's own output.
+(LSP / "synthetic noise", Yu et al., KDD 2022, "Availability attacks create shortcuts") make CIFAR-10 unlearnable
+for victims trained with crop-and-flip (APBench: LSP leaves ResNet-18 at 13 % test accuracy); this tool builds
+engine-ready generators that carry one, so the deploy protocol can measure it on the engine's own output.
 
 The exported graph's perturbation ``d`` (the generator's clipped delta, before it is added to the image)
 becomes ``Clip(w * d + code(labels), -eps, eps)``, with ``code = sum_k P_k[y_k]`` (one table per classification
