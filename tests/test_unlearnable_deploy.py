@@ -116,6 +116,27 @@ def test_tradeoff_points_and_plot(tmp_path):
     assert not (tmp_path / "one.png").exists()
     path = tradeoff_plot(rows, "v@32", ["standard", "grayscale", "at"], tmp_path / "two.png")
     assert path == tmp_path / "two.png" and Image.open(path).size[0] > 300
+    # more generators than max_named: numbered points and a key below the panels (a taller figure)
+    numbered = tradeoff_plot(rows, "v@32", ["standard", "grayscale", "at"], tmp_path / "num.png", max_named=1)
+    assert Image.open(numbered).size[1] > Image.open(path).size[1]
+
+
+def test_number_key_runs_down_columns():
+    from mtlguard.unlearnable.deploy_report import _number_key
+
+    key = _number_key({f"g{i}": i for i in range(1, 6)}, str, columns=2)
+    lines = key.splitlines()
+    assert len(lines) == 3 and lines[0].split() == ["1", "g1", "4", "g4"] and lines[2].split() == ["3", "g3"]
+
+
+def test_label_stacks_raise_labels_of_coinciding_points():
+    """Generators at (nearly) the same place get their labels on separate lines; distant ones stay on line 0."""
+    from mtlguard.unlearnable.deploy_report import label_stacks
+
+    points = {"a": (1.18, 0.06), "b": (1.18, 0.06), "c": (1.19, 0.061), "far": (0.8, 0.3)}
+    stacks = label_stacks(points, x_span=0.5, y_span=0.3)
+    assert stacks["far"] == 0 and sorted(stacks[m] for m in "abc") == [0, 1, 2]
+    assert label_stacks({"a": (0.0, 0.0), "b": (1.0, 1.0)}, 1.0, 1.0) == {"a": 0, "b": 0}
 
 
 def test_defenses_and_training_time_options_run(utkface_root, tmp_path):

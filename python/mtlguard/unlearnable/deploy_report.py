@@ -179,11 +179,31 @@ def tradeoff_points(rows: Sequence[dict], defense_victim: str, defenses: Sequenc
     return {m: (std[m], behind[m]) for m in std if m in behind}
 
 
+def label_stacks(points: Mapping[str, tuple[float, float]], x_span: float, y_span: float) -> dict[str, int]:
+    """Per point, how many points placed before it (lowest first) lie within 8 % of ``x_span`` and 4 % of
+    ``y_span``: its label is raised by that many lines, so generators at (nearly) the same place stay readable."""
+    placed: list[tuple[float, float]] = []
+    out = {}
+    for m, (x, y) in sorted(points.items(), key=lambda kv: (kv[1][1], kv[1][0], kv[0])):
+        out[m] = sum(1 for px, py in placed if abs(px - x) < 0.08 * x_span and abs(py - y) < 0.04 * y_span)
+        placed.append((x, y))
+    return out
+
+
+def _number_key(numbers: Mapping[str, int], label, columns: int = 3) -> str:
+    """``numbers`` as a monospace key, ``columns`` entries per line, numbered down the columns."""
+    entries = [f"{n:>2} {label(m)}" for m, n in sorted(numbers.items(), key=lambda kv: kv[1])]
+    rows = -(-len(entries) // columns)
+    width = max(map(len, entries)) + 3
+    return "\n".join("".join(entries[c * rows + r].ljust(width) for c in range(columns) if c * rows + r < len(entries))
+                     for r in range(rows))
+
+
 def tradeoff_plot(rows: Sequence[dict], defense_victim: str, defenses: Sequence[str], path: str | os.PathLike,
-                  label=str, goals: tuple[float, float, float] = (0.9, 0.6, 0.3)) -> Path | None:
+                  label=str, goals: tuple[float, float, float] = (0.9, 0.6, 0.3), max_named: int = 6) -> Path | None:
     """Scatter of :func:`tradeoff_points` with the goal lines: one panel for the cheap defenses (every column but
     standard and PGD-AT; goal ``goals[1]``), one for PGD-AT (``goals[2]``); ``None`` (nothing written) when no
-    panel has 2 points."""
+    panel has 2 points.  Up to ``max_named`` generators are labelled by name, more by number with a key below."""
     cheap = [d for d in defenses if d not in ("standard", "at")]
     panels = [(title, goal, tradeoff_points(rows, defense_victim, ["standard", *cols]))
               for title, goal, cols in ((f"worst cheap defense ({', '.join(cheap)})", goals[1], cheap),
@@ -197,18 +217,29 @@ def tradeoff_plot(rows: Sequence[dict], defense_victim: str, defenses: Sequence[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
+    methods = sorted({m for _, _, points in panels for m in points}, key=lambda m: str(label(m)))
+    # many generators: points carry numbers and a key below the figure lists them (names would overprint)
+    numbers = {m: i + 1 for i, m in enumerate(methods)} if len(methods) > max_named else {}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.8), squeeze=False,
+                             constrained_layout=True)
     for ax, (title, goal, points) in zip(axes[0], panels):
         xs, ys = zip(*points.values())
         ax.scatter(xs, ys, s=18, color="tab:blue", zorder=3)
-        for m, (x, y) in points.items():
-            ax.annotate(label(m), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.axvline(goals[0], color="tab:green", ls="--", lw=1, label=f"standard goal {goals[0]:g}")
         ax.axhline(goal, color="tab:orange", ls="--", lw=1, label=f"goal {goal:g}")
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        for m, stack in label_stacks(points, x1 - x0, y1 - y0).items():
+            x, y = points[m]
+            right = x > x0 + 0.6 * (x1 - x0)  # labels of points on the right run leftwards, inside the panel
+            ax.annotate(str(numbers[m]) if numbers else label(m), (x, y), fontsize=7 if numbers else 6,
+                        xytext=(-3 if right else 3, 3 + 8 * stack), textcoords="offset points",
+                        ha="right" if right else "left")
         ax.set_xlabel("worst-task PR under standard training, worst victim measured")
         ax.set_ylabel(f"worst-task PR, {title} ({defense_victim})", fontsize=8)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.suptitle("protection trade-off, one point per generator (up and right is better)", fontsize=9)
+    if numbers:
+        fig.text(0.01, 0.0, _number_key(numbers, label), va="top", ha="left", fontsize=7, family="monospace")
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"))
     finally:
