@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -80,21 +78,12 @@ def code_tables(tasks: list[dict], size: tuple[int, int], layout: str, amp: floa
     return tables
 
 
-def _delta_input(graph) -> tuple[int, str]:
-    """(index of the node adding the perturbation to ``image``, the name of that perturbation)."""
-    hits = [(i, n) for i, n in enumerate(graph.node) if n.op_type == "Add" and "image" in n.input]
-    if len(hits) != 1:
-        raise ValueError(f"expected one Add(image, delta) node in the generator graph, found {len(hits)} "
-                         "(a float32_nchw export of mtlguard is needed)")
-    i, node = hits[0]
-    return i, next(x for x in node.input if x != "image")
-
-
 def add_code(model, layout: str, code_amp: float, gen_weight: float, cell: int = 4, seed: int = 0):
     """The generator ``model`` (an ``onnx.ModelProto``, edited in place and returned) with the class-wise code."""
     from onnx import helper, numpy_helper
 
-    from mtlguard.export.metadata import PREFIX, GeneratorFacts, config_hash
+    from mtlguard.export.int8 import find_eps_clip
+    from mtlguard.export.metadata import GeneratorFacts, config_hash
 
     props = {p.key: p.value for p in model.metadata_props}
     facts = GeneratorFacts.from_props(props, source="generator")
@@ -107,8 +96,12 @@ def add_code(model, layout: str, code_amp: float, gen_weight: float, cell: int =
         raise ValueError(f"--gen-weight must lie in [0, 1] and --code-amp in [0, {len(tasks)}] (the number of "
                          f"tasks: sum and grating split it over them), not both 0; got {gen_weight}, {code_amp}")
     g = model.graph
-    at, delta = _delta_input(g)
     eps = float(facts.eps)
+    clip = find_eps_clip(model, eps)  # the generator's Clip(-eps, eps): its output is the perturbation
+    if clip is None:
+        raise ValueError(f"no Clip(-eps, eps) node in the generator graph (eps {eps:.6g})")
+    delta = clip.output[0]
+    consumers = [n for n in g.node if delta in n.input]
     tables = code_tables(tasks, facts.image_size, layout, code_amp * eps, cell, seed)
     inits, nodes, terms = [], [], []
     for k, table in enumerate(tables):
@@ -124,18 +117,19 @@ def add_code(model, layout: str, code_amp: float, gen_weight: float, cell: int =
               helper.make_node("Mul", [delta, "code_gen_weight"], ["code_gen_delta"]),
               helper.make_node("Add", ["code_gen_delta", "code_sum"], ["code_mixed"]),
               helper.make_node("Clip", ["code_mixed", "code_lo", "code_hi"], ["code_delta"])]
-    add = g.node[at]
-    add.input[list(add.input).index(delta)] = "code_delta"
+    for node in consumers:  # everything that read the perturbation now reads the mixed one
+        node.input[:] = ["code_delta" if x == delta else x for x in node.input]
+    at = list(g.node).index(clip) + 1
     for j, n in enumerate(nodes):
         g.node.insert(at + j, n)
     g.initializer.extend(inits)
-    config = dict(facts.config)
-    config["classwise_code"] = {"layout": layout, "code_amp": code_amp, "gen_weight": gen_weight, "cell": cell,
-                                "seed": seed, "source": "examples/classwise_code_generator.py"}
-    new = {PREFIX + "config": json.dumps(config, sort_keys=True), PREFIX + "config_hash": config_hash(config)}
-    for p in model.metadata_props:
-        if p.key in new:
-            p.value = new[p.key]
+    facts.config = {**facts.config, "classwise_code": {
+        "layout": layout, "code_amp": code_amp, "gen_weight": gen_weight, "cell": cell, "seed": seed,
+        "source": "examples/classwise_code_generator.py"}}
+    facts.config_hash = config_hash(facts.config)
+    props = {**{p.key: p.value for p in model.metadata_props}, **facts.to_props()}
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
     return model
 
 
@@ -151,6 +145,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import onnx
 
+    from mtlguard.atomic import atomic_write
     from mtlguard.export.metadata import load_onnx
 
     out = Path(a.out)
@@ -163,15 +158,11 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"classwise_code_generator: {a.generator}: {e}", file=sys.stderr)
         return 2
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-    os.close(fd)
     try:
-        onnx.save(model, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(out, lambda tmp: onnx.save_model(model, tmp), overwrite=False)
+    except FileExistsError:  # appeared while the model was built
+        print(f"classwise_code_generator: {out}: exists; choose another output path", file=sys.stderr)
+        return 2
     print(json.dumps({"out": str(out), "layout": a.layout, "code_amp": a.code_amp, "gen_weight": a.gen_weight,
                       "cell": a.cell, "seed": a.seed}))
     return 0
