@@ -18,6 +18,20 @@ def utkface_dir() -> Path | None:
 
 
 @pytest.fixture(scope="session")
+def load_example():
+    """``load_example(name)``: the module ``examples/<name>.py`` imported from its file (examples/ is no package)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def utkface_root() -> Path:
     root = utkface_dir()
     if root is None:

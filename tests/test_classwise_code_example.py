@@ -5,7 +5,6 @@ R, G and B), zero for an unprotected task (label -1), inside the eps budget; cod
 generator's output unchanged; bad input is refused with exit 2 and nothing written."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -19,12 +18,9 @@ SAMPLES = REPO / "python" / "mtlguard" / "assets" / "samples"
 EPS = 8 / 255
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("classwise_code_generator",
-                                                  REPO / "examples" / "classwise_code_generator.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def mod(load_example):
+    return load_example("classwise_code_generator")
 
 
 def _run(path, image, labels):
@@ -43,8 +39,7 @@ def batch():
 TASKS = [{"name": "a", "num_classes": 9}, {"name": "b", "num_classes": 2}, {"name": "c", "num_classes": 5}]
 
 
-def test_quadrant_tables_live_in_their_quadrant():
-    mod = _example()
+def test_quadrant_tables_live_in_their_quadrant(mod):
     tables = mod.code_tables(TASKS, (32, 32), "quadrant", EPS, 4, 0)
     for k, t in enumerate(tables):
         assert t.shape == (TASKS[k]["num_classes"] + 1, 1, 32, 32)
@@ -56,8 +51,7 @@ def test_quadrant_tables_live_in_their_quadrant():
         assert len({row.tobytes() for row in t[:-1]}) == TASKS[k]["num_classes"]  # one code per class
 
 
-def test_grating_and_sum_split_the_amplitude_over_tasks():
-    mod = _example()
+def test_grating_and_sum_split_the_amplitude_over_tasks(mod):
     for layout in ("grating", "sum"):
         tables = mod.code_tables(TASKS, (32, 32), layout, 3 * EPS, 4, 0)
         assert sum(np.abs(t).max() for t in tables) == pytest.approx(3 * EPS, rel=1e-3)
@@ -67,8 +61,7 @@ def test_grating_and_sum_split_the_amplitude_over_tasks():
         mod.code_tables(TASKS, (32, 32), "quadrant", EPS, 17, 0)
 
 
-def test_code_alone_is_the_table_lookup(tmp_path, batch):
-    mod = _example()
+def test_code_alone_is_the_table_lookup(mod, tmp_path, batch):
     out = tmp_path / "code.onnx"
     assert mod.main([str(BUNDLED), str(out), "--layout", "quadrant", "--gen-weight", "0", "--code-amp", "1",
                      "--seed", "3"]) == 0
@@ -80,8 +73,7 @@ def test_code_alone_is_the_table_lookup(tmp_path, batch):
     assert not delta[4, :, :16, :16].any() and not delta[5, :, :16, 16:].any()  # unprotected tasks: no code
 
 
-def test_mix_stays_in_budget_and_zero_code_keeps_the_generator(tmp_path, batch):
-    mod = _example()
+def test_mix_stays_in_budget_and_zero_code_keeps_the_generator(mod, tmp_path, batch):
     image, labels = batch
     base = _run(BUNDLED, image, np.maximum(labels, 0))
     mixed, same = tmp_path / "mix.onnx", tmp_path / "same.onnx"
@@ -97,10 +89,9 @@ def test_mix_stays_in_budget_and_zero_code_keeps_the_generator(tmp_path, batch):
     assert facts.config_hash == config_hash(facts.config)
 
 
-def test_the_engine_runs_the_edited_generator(tmp_path):
+def test_the_engine_runs_the_edited_generator(mod, tmp_path):
     from mtlguard.engine import protect_directory
 
-    mod = _example()
     model = tmp_path / "code.onnx"
     assert mod.main([str(BUNDLED), str(model), "--layout", "sum", "--code-amp", "1"]) == 0
     report = protect_directory(SAMPLES, tmp_path / "out", model=model, labels=SAMPLES / "labels.csv",
@@ -108,8 +99,7 @@ def test_the_engine_runs_the_edited_generator(tmp_path):
     assert report["failed"] == 0 and report["done"] == 4 and len(list((tmp_path / "out").rglob("*.png"))) >= 4
 
 
-def test_refusals_exit_2_and_write_nothing(tmp_path, capsys):
-    mod = _example()
+def test_refusals_exit_2_and_write_nothing(mod, tmp_path, capsys):
     taken = tmp_path / "taken.onnx"
     shutil.copyfile(BUNDLED, taken)
     before = taken.read_bytes()

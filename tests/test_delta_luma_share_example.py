@@ -2,7 +2,6 @@
 made-up deltas with known answers and on the bundled generator run in onnxruntime over real UTKFace faces."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,15 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "python" / "mtlguard" / "assets" / "default_generator.onnx"
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("delta_luma_share", REPO / "examples" / "delta_luma_share.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def mod(load_example):
+    return load_example("delta_luma_share")
 
 
-def test_luma_share_of_known_deltas():
-    mod = _example()
+def test_luma_share_of_known_deltas(mod):
     rng = np.random.default_rng(0)
     plane = rng.uniform(-8 / 255, 8 / 255, (4, 1, 8, 8)).astype(np.float32)
     gray = mod.luma_share(np.repeat(plane, 3, axis=1))  # the same delta on R, G and B: grayscale keeps it whole
@@ -32,8 +28,7 @@ def test_luma_share_of_known_deltas():
     assert chroma["luma_energy_share"] == pytest.approx(0.0, abs=1e-6) and chroma["rms_luma_255"] < 1e-4
 
 
-def test_bundled_generator_on_real_faces(utkface_root, capsys):
-    mod = _example()
+def test_bundled_generator_on_real_faces(mod, utkface_root, capsys):
     assert mod.main([str(BUNDLED), "--root", str(utkface_root), "--images", "16"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["images"] == 16 and 0.2 < row["luma_energy_share"] < 1.0
